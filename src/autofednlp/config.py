@@ -1,0 +1,356 @@
+"""One typed experiment configuration, read from TOML plus `section.key=value` overrides.
+
+Every section is a frozen dataclass whose fields carry their help text in `metadata["help"]`;
+values are checked once, here, and a bad one raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: the message is one line naming the field."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(cond: bool, name: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name} = {value!r}: {why}")
+
+
+PARTITIONERS = ("iid", "dirichlet", "shard")
+TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+POOLINGS = ("mean", "cls")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f(
+        "bbc_news",
+        "bundled name (bbc_news, twitter_ner), a local .csv/.json/.jsonl/.parquet file, "
+        "or a Hugging Face hub dataset id (e.g. ag_news)",
+    )
+    hub_subset: str = _f("", "hub dataset configuration name, if the dataset has several")
+    text_column: str = _f("text", "column holding the text (local and hub datasets)")
+    label_column: str = _f("label", "column holding the class label (local and hub datasets)")
+    max_length: int = _f(128, "tokens per sample after truncation")
+    max_samples: int = _f(0, "use only this many samples in all (seeded pick); 0 = all")
+    validation_fraction: float = _f(0.1, "share held by the server for model selection")
+    test_fraction: float = _f(0.1, "share held out and only reported at the end")
+    num_clients: int = _f(100, "number of clients the training split is partitioned into")
+    partitioner: str = _f("dirichlet", f"how training data is split: {', '.join(PARTITIONERS)}")
+    alpha: float = _f(1.0, "Dirichlet concentration of the label skew (smaller = more skewed)")
+    shards_per_client: int = _f(2, "label-sorted shards per client (partitioner = shard)")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dataset.strip()), "data.dataset", self.dataset, "must not be empty")
+        _check(self.max_length >= 8, "data.max_length", self.max_length, "must be >= 8")
+        _check(self.max_samples >= 0, "data.max_samples", self.max_samples, "must be >= 0")
+        for name in ("validation_fraction", "test_fraction"):
+            v = getattr(self, name)
+            _check(0 < v < 0.5, f"data.{name}", v, "must be in (0, 0.5)")
+        _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "must be >= 1")
+        _check(
+            self.partitioner in PARTITIONERS,
+            "data.partitioner",
+            self.partitioner,
+            f"must be one of {', '.join(PARTITIONERS)}",
+        )
+        _check(self.alpha > 0, "data.alpha", self.alpha, "must be > 0")
+        _check(
+            self.shards_per_client >= 1,
+            "data.shards_per_client",
+            self.shards_per_client,
+            "must be >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f(
+        "minilm",
+        "pretrained encoder: 'minilm' (the packaged all-MiniLM-L6-v2), a local directory, "
+        "or a hub model id",
+    )
+    pooling: str = _f("mean", f"sentence pooling for the classifier: {', '.join(POOLINGS)}")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "model.name", self.name, "must not be empty")
+        _check(
+            self.pooling in POOLINGS,
+            "model.pooling",
+            self.pooling,
+            f"must be one of {', '.join(POOLINGS)}",
+        )
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    kind: str = _f(
+        "bottleneck",
+        "what is trained: full (every weight), freeze (top `depth` layers), "
+        "bottleneck (adapters in the top `depth` layers), lora (rank `width`)",
+    )
+    depth: int = _f(2, "number of top transformer layers that are trained (0 = head only)")
+    width: int = _f(32, "adapter bottleneck dimension (bottleneck) or rank (lora)")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind in TUNE_KINDS,
+            "tune.kind",
+            self.kind,
+            f"must be one of {', '.join(TUNE_KINDS)}",
+        )
+        _check(self.depth >= 0, "tune.depth", self.depth, "must be >= 0")
+        _check(self.width >= 1, "tune.width", self.width, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    local_epochs: int = _f(1, "passes over the local data per round")
+    batch_size: int = _f(4, "samples per local step (the paper uses 4)")
+    optimizer: str = _f("adamw", f"local optimizer: {', '.join(OPTIMIZERS)}")
+    learning_rate: float = _f(
+        0.0, "local learning rate; 0 = the tune kind's default (5e-5 full/freeze, 2e-3 adapters)"
+    )
+    weight_decay: float = _f(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = off")
+
+    def __post_init__(self) -> None:
+        _check(self.local_epochs >= 1, "client.local_epochs", self.local_epochs, "must be >= 1")
+        _check(self.batch_size >= 1, "client.batch_size", self.batch_size, "must be >= 1")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "client.optimizer",
+            self.optimizer,
+            f"must be one of {', '.join(OPTIMIZERS)}",
+        )
+        _check(self.learning_rate >= 0, "client.learning_rate", self.learning_rate, "must be >= 0")
+        _check(self.weight_decay >= 0, "client.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.max_grad_norm >= 0, "client.max_grad_norm", self.max_grad_norm, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = _f(20, "maximum federated rounds")
+    clients_per_round: int = _f(15, "clients sampled each round")
+    eval_every: int = _f(1, "evaluate the global model on the validation split every N rounds")
+    target_accuracy: float = _f(0.9, "validation accuracy that counts as 'reached'")
+    stop_at_target: bool = _f(False, "end the run as soon as the target is reached")
+    num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
+    round_timeout_s: float = _f(0.0, "wall-clock seconds to wait for replies; 0 = no limit")
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "federation.rounds", self.rounds, "must be >= 1")
+        _check(
+            self.clients_per_round >= 1,
+            "federation.clients_per_round",
+            self.clients_per_round,
+            "must be >= 1",
+        )
+        _check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "must be >= 1")
+        _check(
+            0 < self.target_accuracy <= 1,
+            "federation.target_accuracy",
+            self.target_accuracy,
+            "must be in (0, 1]",
+        )
+        _check(
+            self.num_cpus_per_client > 0,
+            "federation.num_cpus_per_client",
+            self.num_cpus_per_client,
+            "must be > 0",
+        )
+        _check(
+            self.round_timeout_s >= 0,
+            "federation.round_timeout_s",
+            self.round_timeout_s,
+            "must be >= 0",
+        )
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    devices: dict[str, float] = _f(
+        {"jetson-tx2": 1.0},
+        "device mix: profile name -> share of clients (e.g. {jetson-tx2 = 0.5, jetson-nano = 0.3, "
+        "rpi4 = 0.2}); see `autofednlp devices`",
+    )
+    upload_mb_per_s: float = _f(1.0, "client upload bandwidth in MB/s (paper: 1 MB/s)")
+    download_mb_per_s: float = _f(1.0, "client download bandwidth in MB/s (paper: 1 MB/s)")
+    compute_watts: float = _f(12.0, "device power while computing (paper: 12 W)")
+    transmit_watts: float = _f(4.0, "device power while transmitting (paper: 4 W)")
+
+    def __post_init__(self) -> None:
+        _check(len(self.devices) > 0, "cost.devices", self.devices, "must name at least one")
+        for name, share in self.devices.items():
+            _check(
+                isinstance(share, int | float) and share > 0,
+                f"cost.devices.{name}",
+                share,
+                "share must be a number > 0",
+            )
+        for name in ("upload_mb_per_s", "download_mb_per_s"):
+            _check(getattr(self, name) > 0, f"cost.{name}", getattr(self, name), "must be > 0")
+        for name in ("compute_watts", "transmit_watts"):
+            _check(getattr(self, name) >= 0, f"cost.{name}", getattr(self, name), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _f("default", "experiment name, used for the run directory")
+    seed: int = _f(0, "fixes partitions, client sampling, device assignment and initialisation")
+    output_dir: str = _f("runs", "parent directory of run directories")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "name", self.name, "must not be empty")
+        _check(
+            self.federation.clients_per_round <= self.data.num_clients,
+            "federation.clients_per_round",
+            self.federation.clients_per_round,
+            f"must be <= data.num_clients ({self.data.num_clients})",
+        )
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Check one TOML value against a field type; ints are accepted where floats are."""
+    origin = typing.get_origin(typ)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {value!r}: expected a table of name = number")
+        return {str(k): _coerce(f"{name}.{k}", v, float) for k, v in value.items()}
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r}: expected true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} = {value!r}: expected an integer")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} = {value!r}: expected a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {typ} for {name}")
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
+    types = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            known = ", ".join(types)
+            raise ConfigError(f"unknown key '{full}' (known: {known})")
+        typ = types[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a table ([{full}]), got {value!r}")
+            kwargs[key] = _build(typ, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, typ)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    """An override value is TOML (`3`, `0.5`, `true`, `"x"`, `{a = 1}`); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `section.key=value` items into a nested TOML table (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. federation.rounds=5")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"override {item!r}: malformed key {key!r}")
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def from_dict(table: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from a nested table (unknown keys are errors)."""
+    return _build(ExperimentConfig, table, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a TOML experiment file (or the defaults when `path` is None) and apply overrides."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            table = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    return from_dict(apply_overrides(table, list(overrides)))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted name, default, help) for every leaf field: the CLI help is built from this."""
+    rows = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_fields(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", value, f.metadata.get("help", "")))
+    return rows
