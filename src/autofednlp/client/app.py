@@ -1,0 +1,56 @@
+"""Flower ClientApp: unpacks a message, calls the plain worker, packs the reply.
+
+The experiment configuration travels in every message (a few KB of TOML), so the same app
+runs unchanged in the simulation engine and on a SuperNode whose process is new each round.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from autofednlp.client.worker import client_device, train_round
+from autofednlp.config import ExperimentConfig, from_dict
+from autofednlp.model.kinds import TuneSpec
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=8)
+def _experiment(text: str) -> ExperimentConfig:
+    return from_dict(tomllib.loads(text))
+
+
+def _identity(context: Context, cfg: ExperimentConfig) -> tuple[int, str]:
+    """This node's client id (its data partition) and device profile name."""
+    node = context.node_config
+    if "partition-id" not in node:
+        raise ValueError("node config has no 'partition-id' (start the SuperNode with it)")
+    pid = int(node["partition-id"])
+    device = str(node.get("device", "")) or client_device(cfg, pid)
+    return pid, device
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg = _experiment(str(msg.content["config"]["experiment"]))
+    pid, device = _identity(context, cfg)
+    reply = ConfigRecord({"partition_id": pid, "device": device})
+    return Message(RecordDict({"identity": reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    conf = msg.content["config"]
+    cfg = _experiment(str(conf["experiment"]))
+    pid, device = _identity(context, cfg)
+    spec = TuneSpec(str(conf["kind"]), int(conf["depth"]), int(conf["width"]))
+    state = msg.content["arrays"].to_torch_state_dict()
+    new_state, metrics = train_round(cfg, pid, spec, state, int(conf["server_round"]), device)
+    content = RecordDict(
+        {"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)}
+    )
+    return Message(content, reply_to=msg)

@@ -1,0 +1,93 @@
+"""What a device does when asked to train: plain Python, the same in every engine.
+
+A fresh process (Flower's deployment engine starts one per message) pays for loading the data
+and the model once; a long-lived one (a simulation actor) reuses them from the caches here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autofednlp.client.train import local_train
+from autofednlp.config import ExperimentConfig
+from autofednlp.cost.devices import assign_devices, get_profile
+from autofednlp.data.federated import FederatedData, load_federated_data
+from autofednlp.model.build import (
+    build_model,
+    learning_rate,
+    load_trainable,
+    model_shape,
+    resolve_model_path,
+    trainable_state,
+    trained_part,
+)
+from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.kinds import TuneSpec
+
+_MODELS: dict[tuple, EncoderClassifier] = {}
+
+
+def client_data(cfg: ExperimentConfig) -> FederatedData:
+    return load_federated_data(cfg.data, resolve_model_path(cfg.model.name), cfg.seed)
+
+
+def client_device(cfg: ExperimentConfig, partition_id: int) -> str:
+    """The device profile a client runs on: drawn from the configured mix by client id."""
+    return assign_devices(cfg.data.num_clients, cfg.cost.devices, cfg.seed)[partition_id]
+
+
+def _model_for(cfg: ExperimentConfig, num_labels: int, spec: TuneSpec) -> EncoderClassifier:
+    # Frozen weights never change and trainable ones are overwritten on every call, so one
+    # model per spec can serve every round in this process.
+    key = (cfg.model.name, cfg.model.pooling, num_labels, spec)
+    if key not in _MODELS:
+        if len(_MODELS) >= 4:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[key] = build_model(cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling)
+    return _MODELS[key]
+
+
+def train_round(
+    cfg: ExperimentConfig,
+    partition_id: int,
+    spec: TuneSpec,
+    state: dict[str, torch.Tensor],
+    server_round: int,
+    device: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float | int | str]]:
+    """Train the received trainable tensors on this client's partition for one round.
+
+    Returns the updated tensors and metrics: examples, loss, FLOPs executed and the simulated
+    compute seconds on this client's device.
+    """
+    data = client_data(cfg)
+    if not 0 <= partition_id < len(data.partitions):
+        raise ValueError(f"partition id {partition_id} is outside 0..{len(data.partitions) - 1}")
+    local = data.client(partition_id)
+    model = _model_for(cfg, data.num_labels, spec)
+    load_trainable(model, state)
+    shape = model_shape(cfg.model.name, data.num_labels)
+    part = trained_part(spec)
+    seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
+    result = local_train(
+        model,
+        local,
+        cfg.client,
+        learning_rate(spec, cfg.client.learning_rate),
+        spec.boundary(model.num_layers),
+        shape,
+        part,
+        seed,
+    )
+    device = device or client_device(cfg, partition_id)
+    profile = get_profile(device)
+    metrics = {
+        "partition_id": partition_id,
+        "num_examples": result.num_examples,
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "flops": result.flops,
+        "compute_s": profile.compute_s(result.flops),
+        "device": device,
+    }
+    return trainable_state(model), metrics

@@ -1,0 +1,113 @@
+"""FLOPs a client actually executes, counted from the model's shape and what is trained.
+
+Counting convention (one multiply-add = 2 FLOPs, as in Kaplan et al. 2020 and nanoGPT's
+`estimate_mfu`): a dense layer with P weights costs 2*P FLOPs per token forward. Backward costs
+2*P per token for the input gradient plus 2*P for the weight gradient, i.e. 2x forward for a
+trained layer, 1x forward for a frozen layer the gradient only passes through.
+Embedding look-ups, layer norms, softmax and biases are ignored (under 1% for BERT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a BERT-like encoder that decide its cost."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    num_labels: int = 2
+
+    @property
+    def layer_weights(self) -> int:
+        """Dense weights of one encoder layer: Q, K, V, O projections and the two FFN matrices."""
+        return 4 * self.hidden * self.hidden + 2 * self.hidden * self.intermediate
+
+
+BERT_BASE = ModelShape(num_layers=12, hidden=768, intermediate=3072)
+
+
+def layer_forward_flops(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs of one encoder layer for one sequence of `seq_len` tokens.
+
+    2*P per token for the dense weights, plus 2*T*H each for the attention scores QK^T and
+    for the weighted sum of V, per token.
+    """
+    dense = 2 * shape.layer_weights * seq_len
+    attention = 2 * 2 * seq_len * seq_len * shape.hidden
+    return float(dense + attention)
+
+
+def adapter_weights(hidden: int, width: int) -> int:
+    """Weights of one bottleneck adapter: down (H x w) and up (w x H) projections."""
+    return 2 * hidden * width
+
+
+def head_weights(shape: ModelShape) -> int:
+    """Classification head: a pooler dense layer (H x H) and the classifier (H x C)."""
+    return shape.hidden * shape.hidden + shape.hidden * shape.num_labels
+
+
+@dataclass(frozen=True)
+class TrainedPart:
+    """What a training step runs: which layers are trained and how."""
+
+    kind: str  # "full" | "freeze" | "bottleneck" | "lora" | "head"
+    depth: int  # top layers trained (full: all)
+    width: int = 0  # adapter bottleneck / LoRA rank
+
+    def trained_layers(self, shape: ModelShape) -> int:
+        return shape.num_layers if self.kind == "full" else min(self.depth, shape.num_layers)
+
+    def extra_weights_per_layer(self, shape: ModelShape) -> int:
+        """Weights added to a trained layer by the adapter kind."""
+        if self.kind == "bottleneck":
+            return adapter_weights(shape.hidden, self.width)
+        if self.kind == "lora":
+            # LoRA on the query and value projections: A (H x r) and B (r x H) each.
+            return 2 * 2 * shape.hidden * self.width
+        return 0
+
+    @property
+    def layer_weights_trained(self) -> bool:
+        """Whether the transformer weights of trained layers get gradients (not just adapters)."""
+        return self.kind in ("full", "freeze")
+
+
+def train_step_flops(
+    shape: ModelShape, part: TrainedPart, batch: int, seq_len: int, cached: bool = False
+) -> float:
+    """FLOPs of one optimizer step on `batch` sequences of `seq_len` tokens.
+
+    With `cached`, the frozen bottom layers are not run at all: their output comes from the
+    activation cache, so only the trained top layers run forward.
+    """
+    d = part.trained_layers(shape)
+    layer_f = layer_forward_flops(shape, seq_len)
+    extra_f = 2.0 * part.extra_weights_per_layer(shape) * seq_len
+    frozen_layers = shape.num_layers - d
+    forward = (0 if cached else frozen_layers * layer_f) + d * (layer_f + extra_f)
+    # Trained layers: input gradients through every layer (1x), weight gradients (1x) for
+    # the transformer weights when they are trained, and always for the adapter weights.
+    backward = d * (layer_f + 2 * extra_f)
+    if part.layer_weights_trained:
+        backward += d * layer_f
+    head = 2.0 * head_weights(shape)  # pooler + classifier, per sequence (pooled token only)
+    return batch * (forward + backward + 3 * head)
+
+
+def fill_cache_flops(shape: ModelShape, part: TrainedPart, batch: int, seq_len: int) -> float:
+    """FLOPs of computing the frozen part once for `batch` sequences (to fill the cache)."""
+    frozen = shape.num_layers - part.trained_layers(shape)
+    return batch * frozen * layer_forward_flops(shape, seq_len)
+
+
+def eval_flops(shape: ModelShape, part: TrainedPart, batch: int, seq_len: int) -> float:
+    """Forward-only FLOPs of classifying `batch` sequences."""
+    d = part.trained_layers(shape)
+    layer_f = layer_forward_flops(shape, seq_len)
+    extra_f = 2.0 * part.extra_weights_per_layer(shape) * seq_len
+    return batch * (shape.num_layers * layer_f + d * extra_f + 2.0 * head_weights(shape))

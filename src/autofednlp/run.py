@@ -1,0 +1,64 @@
+"""Run an experiment on Flower's simulation engine, in this process, and return its summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from autofednlp.config import ConfigError, ExperimentConfig
+from autofednlp.report.results import new_run_dir
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Catch user mistakes here, with one-line errors, before any engine starts."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.cost.devices import get_profile
+    from autofednlp.model.build import model_num_layers
+
+    for device in cfg.cost.devices:
+        get_profile(device)
+    layers = model_num_layers(cfg.model.name)
+    if cfg.tune.kind != "full" and cfg.tune.depth > layers:
+        raise ConfigError(f"tune.depth = {cfg.tune.depth}: the model has only {layers} layers")
+    data = client_data(cfg)  # tokenizes once and fills the on-disk cache the clients read
+    if len(data.partitions) != cfg.data.num_clients:
+        raise ConfigError(f"data.num_clients = {cfg.data.num_clients}: got {len(data.partitions)}")
+
+
+def _quiet_flower() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def run_simulation_experiment(
+    cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Start Flower's simulation engine with `cfg.data.num_clients` virtual SuperNodes, run the
+    ServerApp/ClientApp pair to the end, shut the engine down, and return the summary."""
+    from flwr.simulation import run_simulation
+
+    from autofednlp.client.app import app as client_app
+    from autofednlp.server.app import make_server_app
+
+    preflight(cfg)
+    rd = new_run_dir(cfg, run_dir)
+    _quiet_flower()
+    backend_config = {
+        "client_resources": {"num_cpus": cfg.federation.num_cpus_per_client, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+                      "logging_level": "error", "log_to_driver": True},
+    }
+    run_simulation(
+        server_app=make_server_app(cfg, rd, progress),
+        client_app=client_app,
+        num_supernodes=cfg.data.num_clients,
+        backend_config=backend_config,
+    )
+    summary_path = Path(rd) / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the run ended without a summary; see {rd}")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
