@@ -43,10 +43,10 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from autofednlp.run import run_simulation_experiment
+    from autofednlp.run import run_experiment
 
     cfg = load_config(args.config, args.set)
-    summary = run_simulation_experiment(cfg, args.run_dir, progress=not args.quiet)
+    summary = run_experiment(cfg, args.run_dir, progress=not args.quiet)
     print(format_summary(summary))
     return 0
 

@@ -35,6 +35,7 @@ PARTITIONERS = ("iid", "dirichlet", "shard")
 TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 POOLINGS = ("mean", "cls")
+ENGINES = ("simulation", "inprocess")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,11 @@ class FederationConfig:
     stop_at_target: bool = _f(False, "end the run as soon as the target is reached")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
     round_timeout_s: float = _f(0.0, "wall-clock seconds to wait for replies; 0 = no limit")
+    engine: str = _f(
+        "simulation",
+        "simulation (Flower's simulation engine) or inprocess (clients run one after another "
+        "in this process, no engine: for debugging and quick sweeps)",
+    )
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", self.rounds, "must be >= 1")
@@ -174,6 +180,12 @@ class FederationConfig:
             "federation.num_cpus_per_client",
             self.num_cpus_per_client,
             "must be > 0",
+        )
+        _check(
+            self.engine in ENGINES,
+            "federation.engine",
+            self.engine,
+            f"must be one of {', '.join(ENGINES)}",
         )
         _check(
             self.round_timeout_s >= 0,

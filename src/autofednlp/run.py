@@ -34,6 +34,21 @@ def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
+def run_experiment(
+    cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run `cfg` on its configured engine and return the summary."""
+    if cfg.federation.engine == "inprocess":
+        from autofednlp.client.worker import client_data
+        from autofednlp.server.inprocess import InProcessTransport
+        from autofednlp.server.loop import FederatedRun
+
+        preflight(cfg)
+        rd = new_run_dir(cfg, run_dir)
+        return FederatedRun(cfg, client_data(cfg), InProcessTransport(cfg), rd, progress).run()
+    return run_simulation_experiment(cfg, run_dir, progress)
+
+
 def run_simulation_experiment(
     cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
 ) -> dict[str, Any]:

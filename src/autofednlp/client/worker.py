@@ -66,7 +66,7 @@ def train_round(
     local = data.client(partition_id)
     model = _model_for(cfg, data.num_labels, spec)
     load_trainable(model, state)
-    shape = model_shape(cfg.model.name, data.num_labels)
+    shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
     part = trained_part(spec)
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
     result = local_train(

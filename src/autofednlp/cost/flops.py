@@ -20,6 +20,7 @@ class ModelShape:
     hidden: int
     intermediate: int
     num_labels: int = 2
+    pooler: bool = True  # a dense H x H layer before the classifier (BERT's pooler)
 
     @property
     def layer_weights(self) -> int:
@@ -47,8 +48,8 @@ def adapter_weights(hidden: int, width: int) -> int:
 
 
 def head_weights(shape: ModelShape) -> int:
-    """Classification head: a pooler dense layer (H x H) and the classifier (H x C)."""
-    return shape.hidden * shape.hidden + shape.hidden * shape.num_labels
+    """Classification head: the classifier (H x C), after a pooler (H x H) if there is one."""
+    return shape.hidden * shape.hidden * shape.pooler + shape.hidden * shape.num_labels
 
 
 @dataclass(frozen=True)

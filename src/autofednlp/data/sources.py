@@ -133,7 +133,9 @@ def _from_table(tables: list[Any], cfg: DataConfig, where: str, name: str) -> Te
         is_class = isinstance(feature, ClassLabel)
         if is_class and class_names is None:
             class_names = list(feature.names)
-        for text, label in zip(table[cfg.text_column], table[cfg.label_column]):
+        # whole columns at once: iterating a Dataset column formats one row at a time (slow)
+        columns = table.select_columns([cfg.text_column, cfg.label_column]).to_dict()
+        for text, label in zip(columns[cfg.text_column], columns[cfg.label_column]):
             if not _missing(label, is_class):
                 texts.append("" if text is None else str(text))
                 raw.append(label)
@@ -167,18 +169,24 @@ def _load_file(cfg: DataConfig) -> TextDataset:
     if path.stat().st_size == 0:
         raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} is empty")
     builder = FILE_BUILDERS[path.suffix.lower()]
+    not_utf8 = ConfigError(f"data.dataset = {cfg.dataset!r}: {where} is not UTF-8 text")
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:
         if _caused_by(e, UnicodeDecodeError):
-            raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} is not UTF-8 text") from None
-        why = "has no rows" if "corresponds to no data" in str(e) else f"({_reason(e)})"
+            raise not_utf8 from None
+        if "corresponds to no data" in str(e):  # a header but no rows
+            raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no rows") from None
         raise ConfigError(
-            f"data.dataset = {cfg.dataset!r}: {where} could not be read as {builder} {why}"
+            f"data.dataset = {cfg.dataset!r}: {where} could not be read as {builder} ({_reason(e)})"
         ) from None
     if len(table) == 0:
         raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no rows")
-    return _from_table([table], cfg, where, path.stem)
+    try:
+        return _from_table([table], cfg, where, path.stem)
+    except UnicodeDecodeError:
+        # the json reader keeps invalid bytes unchecked; they surface only when read
+        raise not_utf8 from None
 
 
 def _load_hub(cfg: DataConfig) -> TextDataset:

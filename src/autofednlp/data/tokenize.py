@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 
-def tokenize_texts(texts: Sequence[str], tokenizer: Any, max_length: int) -> dict[str, torch.Tensor]:
+def tokenize_texts(
+    texts: Sequence[str], tokenizer: Any, max_length: int
+) -> dict[str, torch.Tensor]:
     """`input_ids` and `attention_mask`, LongTensors of shape [len(texts), max_length].
 
     One batched call (a fast tokenizer spreads it over threads), truncated and padded to

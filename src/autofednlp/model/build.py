@@ -7,6 +7,7 @@ pretrained weights.
 from __future__ import annotations
 
 import copy
+import logging
 from functools import lru_cache
 
 import torch
@@ -35,6 +36,7 @@ def _pretrained(path: str) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
     try:
         return AutoModel.from_pretrained(path, add_pooling_layer=True)
     except TypeError:
@@ -50,9 +52,12 @@ def model_num_layers(model_name: str) -> int:
     return _pretrained(resolve_model_path(model_name)).config.num_hidden_layers
 
 
-def model_shape(model_name: str, num_labels: int) -> ModelShape:
+def model_shape(model_name: str, num_labels: int, pooling: str = "mean") -> ModelShape:
     cfg = _pretrained(resolve_model_path(model_name)).config
-    return ModelShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, num_labels)
+    return ModelShape(
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, num_labels,
+        pooler=pooling == "cls",
+    )
 
 
 def build_model(

@@ -12,8 +12,13 @@ from torch import nn
 
 
 class EncoderClassifier(nn.Module):
-    """`encoder` is a BERT-like model (embeddings + encoder.layer list); the head is
-    pooling -> dense + tanh -> dropout -> linear, like BERT's sequence classifier."""
+    """`encoder` is a BERT-like model (embeddings + encoder.layer list).
+
+    Head: with `cls` pooling, BERT's pooler (dense + tanh, from the pretrained weights) then a
+    linear classifier, as in BERT's sequence classifier; with `mean` pooling (what sentence
+    encoders such as MiniLM were trained for) the linear classifier alone, which keeps the
+    exchanged head small (H x C instead of H x H + H x C).
+    """
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean") -> None:
         super().__init__()
@@ -25,11 +30,12 @@ class EncoderClassifier(nn.Module):
         self.encoder = encoder
         hidden = encoder.config.hidden_size
         self.pooling = pooling
-        self.head_dense = nn.Linear(hidden, hidden)
-        pooler = getattr(encoder, "pooler", None)
-        if pooler is not None and pooling == "cls":
-            # BERT's pretrained pooler was trained on the [CLS] token: start from it.
-            self.head_dense.load_state_dict(pooler.dense.state_dict())
+        self.head_dense: nn.Linear | None = None
+        if pooling == "cls":
+            self.head_dense = nn.Linear(hidden, hidden)
+            pooler = getattr(encoder, "pooler", None)
+            if pooler is not None:  # pretrained on the [CLS] token: start from it
+                self.head_dense.load_state_dict(pooler.dense.state_dict())
         self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
         self.classifier = nn.Linear(hidden, num_labels)
 
@@ -59,13 +65,15 @@ class EncoderClassifier(nn.Module):
         return hidden
 
     def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
+        if self.head_dense is not None:
+            pooled = torch.tanh(self.head_dense(hidden[:, 0]))
         else:
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        pooled = torch.tanh(self.head_dense(pooled))
         return self.classifier(self.dropout(pooled))
+
+    def head_modules(self) -> list[nn.Module]:
+        return [m for m in (self.head_dense, self.classifier) if m is not None]
 
     def forward(
         self,

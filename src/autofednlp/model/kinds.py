@@ -49,7 +49,7 @@ class TuneKind:
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
         for p in model.parameters():
             p.requires_grad_(False)
-        for module in (model.head_dense, model.classifier):
+        for module in model.head_modules():
             for p in module.parameters():
                 p.requires_grad_(True)
 

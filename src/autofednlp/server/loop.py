@@ -108,7 +108,7 @@ class FederatedRun:
             cfg.model.name, data.num_labels, self.spec, cfg.seed, cfg.model.pooling
         )
         self.state = trainable_state(self.model)
-        self.shape = model_shape(cfg.model.name, data.num_labels)
+        self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
         self.progress = ProgressPrinter(cfg.federation.rounds, progress)

@@ -1,0 +1,32 @@
+"""A transport that runs clients one after another in this process, without an engine.
+
+For debugging and quick sweeps: the simulated clock does not depend on the engine, so results
+match the Flower engines' for the same seed. Experiments meant to be deployed use Flower.
+"""
+
+from __future__ import annotations
+
+from autofednlp.client.worker import train_round
+from autofednlp.config import ExperimentConfig
+from autofednlp.server.loop import Delivery, TrainReply, TrainTask
+
+
+class InProcessTransport:
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    def available_partitions(self) -> list[int]:
+        return list(range(self.cfg.data.num_clients))
+
+    def train(self, tasks: list[TrainTask]) -> Delivery:
+        out = Delivery()
+        for t in tasks:
+            try:
+                state, metrics = train_round(
+                    self.cfg, t.partition_id, t.spec, t.state, t.server_round
+                )
+            except Exception as e:  # a failing client must not end the run
+                out.failed[t.partition_id] = f"{type(e).__name__}: {e}"
+                continue
+            out.replies.append(TrainReply(t.partition_id, state, metrics))
+        return out
