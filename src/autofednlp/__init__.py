@@ -1,2 +1,3 @@
 """AutoFedNLP: fast federated fine-tuning of pretrained transformers."""
+
 __version__ = "0.1.0"

@@ -82,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one configuration key, e.g. --set federation.rounds=5 (repeatable)",
     )
-    run.add_argument("--run-dir", help="write results here (must not exist or be empty); "
-                     "default: <output_dir>/<name>-<timestamp>")
+    run.add_argument(
+        "--run-dir",
+        help="write results here (must not exist or be empty); "
+        "default: <output_dir>/<name>-<timestamp>",
+    )
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     run.set_defaults(func=cmd_run)
     devices = sub.add_parser("devices", help="list the device profiles of the cost model")

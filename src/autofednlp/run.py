@@ -64,8 +64,12 @@ def run_simulation_experiment(
     _quiet_flower()
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                      "logging_level": "error", "log_to_driver": True},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": True,
+        },
     }
     run_simulation(
         server_app=make_server_app(cfg, rd, progress),

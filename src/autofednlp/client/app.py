@@ -50,7 +50,5 @@ def train(msg: Message, context: Context) -> Message:
     spec = TuneSpec(str(conf["kind"]), int(conf["depth"]), int(conf["width"]))
     state = msg.content["arrays"].to_torch_state_dict()
     new_state, metrics = train_round(cfg, pid, spec, state, int(conf["server_round"]), device)
-    content = RecordDict(
-        {"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)}
-    )
+    content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)})
     return Message(content, reply_to=msg)

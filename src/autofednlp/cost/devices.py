@@ -31,7 +31,9 @@ PUBLISHED_FULL_FT_STEP_S = {
 def calibration_flops() -> float:
     """FLOPs of the calibration workload: one full fine-tuning step of BERT-base."""
     return train_step_flops(
-        BERT_BASE, TrainedPart("full", BERT_BASE.num_layers), CALIBRATION_BATCH,
+        BERT_BASE,
+        TrainedPart("full", BERT_BASE.num_layers),
+        CALIBRATION_BATCH,
         CALIBRATION_SEQ_LEN,
     )
 

@@ -55,7 +55,10 @@ def model_num_layers(model_name: str) -> int:
 def model_shape(model_name: str, num_labels: int, pooling: str = "mean") -> ModelShape:
     cfg = _pretrained(resolve_model_path(model_name)).config
     return ModelShape(
-        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, num_labels,
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        num_labels,
         pooler=pooling == "cls",
     )
 

@@ -68,7 +68,9 @@ def get_kind(name: str) -> TuneKind:
     try:
         return _KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown tune kind {name!r} (known: {', '.join(sorted(_KINDS))})") from None
+        raise ValueError(
+            f"unknown tune kind {name!r} (known: {', '.join(sorted(_KINDS))})"
+        ) from None
 
 
 def kinds() -> list[str]:
@@ -79,7 +81,7 @@ class FullKind(TuneKind):
     """Vanilla FedNLP: every weight is trained and exchanged."""
 
     name = "full"
-    default_learning_rate = 5e-5
+    default_learning_rate = 1e-4
     cost_kind = "full"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
@@ -91,7 +93,7 @@ class FreezeKind(TuneKind):
     """Layer freezing: the top `depth` layers and the head are fine-tuned, the rest frozen."""
 
     name = "freeze"
-    default_learning_rate = 5e-5
+    default_learning_rate = 5e-4
     cost_kind = "freeze"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
@@ -112,7 +114,7 @@ class BottleneckKind(TuneKind):
     `adapters` library's SeqBnConfig) in the top `depth` layers."""
 
     name = "bottleneck"
-    default_learning_rate = 2e-3
+    default_learning_rate = 5e-3
     cost_kind = "bottleneck"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
@@ -147,7 +149,7 @@ class LoraKind(TuneKind):
     `depth` layers."""
 
     name = "lora"
-    default_learning_rate = 2e-3
+    default_learning_rate = 5e-3
     cost_kind = "lora"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:

@@ -56,6 +56,7 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path, cfg: ExperimentConfig) -> None:
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
         self._csv_path = self.run_dir / "rounds.csv"
         self._jsonl_path = self.run_dir / "rounds.jsonl"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,11 @@ class GridTransport:
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in new]
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
             if reply.has_error():
-                log.warning("node %d did not identify itself: %s", reply.metadata.src_node_id,
-                            reply.error.reason)
+                log.warning(
+                    "node %d did not identify itself: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
                 continue
             ident = reply.content["identity"]
             pid = int(ident["partition_id"])
@@ -67,8 +69,12 @@ class GridTransport:
             nid = self.node_of[t.partition_id]
             pid_of[nid] = t.partition_id
             msgs.append(
-                Message(content, dst_node_id=nid, message_type=MessageType.TRAIN,
-                        group_id=str(t.server_round))
+                Message(
+                    content,
+                    dst_node_id=nid,
+                    message_type=MessageType.TRAIN,
+                    group_id=str(t.server_round),
+                )
             )
         out = Delivery()
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):

@@ -131,7 +131,11 @@ class FederatedRun:
                 self._features[key] = frozen_features(self.model, data, boundary)
             features = self._features[key]
         res = evaluate(
-            self.model, data, self.shape, trained_part(self.spec), boundary=boundary,
+            self.model,
+            data,
+            self.shape,
+            trained_part(self.spec),
+            boundary=boundary,
             features=features,
         )
         return res.accuracy, res.loss

@@ -1,0 +1,108 @@
+"""The experiment config: parsing, overrides, one-line errors, and every shipped file."""
+
+from pathlib import Path
+
+import pytest
+
+from autofednlp.config import (
+    ConfigError,
+    ExperimentConfig,
+    describe_fields,
+    from_dict,
+    load_config,
+    to_toml,
+)
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+
+
+def test_defaults_are_the_bundled_experiment():
+    cfg = load_config()
+    assert cfg.data.dataset == "bbc_news" and cfg.data.num_clients == 100
+    assert cfg.model.name == "minilm" and cfg.tune.kind == "bottleneck"
+    assert cfg.federation.clients_per_round == 15 and cfg.data.max_length == 128
+
+
+def test_overrides_take_toml_values():
+    cfg = load_config(
+        None,
+        [
+            "federation.rounds=3",
+            "data.alpha=0.5",
+            "tune.kind=freeze",
+            'name="my run"',
+            "cost.devices={jetson-tx2 = 0.5, rpi4 = 0.5}",
+            "federation.stop_at_target=true",
+        ],
+    )
+    assert cfg.federation.rounds == 3 and cfg.data.alpha == 0.5 and cfg.tune.kind == "freeze"
+    assert cfg.name == "my run" and cfg.cost.devices == {"jetson-tx2": 0.5, "rpi4": 0.5}
+    assert cfg.federation.stop_at_target is True
+
+
+def test_file_then_overrides(tmp_path):
+    f = tmp_path / "e.toml"
+    f.write_text("seed = 3\n[federation]\nrounds = 7\nclients_per_round = 5\n")
+    cfg = load_config(f, ["federation.rounds=9"])
+    assert (cfg.seed, cfg.federation.rounds, cfg.federation.clients_per_round) == (3, 9, 5)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("federation.rounds=-1", "federation.rounds = -1: must be >= 1"),
+        ("federation.rounds=abc", "federation.rounds = 'abc': expected an integer"),
+        ("federation.rounds=2.5", "federation.rounds = 2.5: expected an integer"),
+        ("data.alpha=0", "data.alpha = 0.0: must be > 0"),
+        ("data.partitioner=zipf", "data.partitioner = 'zipf': must be one of"),
+        ("data.colour=1", "unknown key 'data.colour'"),
+        ("colour=1", "unknown key 'colour'"),
+        ("tune.kind=prefix", "tune.kind = 'prefix'"),
+        ("tune.depth=-2", "tune.depth = -2"),
+        ("federation.clients_per_round=500", "must be <= data.num_clients (100)"),
+        ("cost.devices={tx2 = -1}", "cost.devices.tx2"),
+        ("cost.upload_mb_per_s=0", "cost.upload_mb_per_s = 0.0: must be > 0"),
+        ("federation.target_accuracy=1.5", "federation.target_accuracy"),
+        ("data=3", "data must be a table"),
+        ("rounds", "expected key=value"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_field(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation\nrounds = 1")
+    with pytest.raises(ConfigError, match="bad.toml.*not valid TOML"):
+        load_config(bad)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+
+
+def test_round_trip_through_toml():
+    import tomllib
+
+    cfg = load_config(None, ["cost.devices={jetson-nano = 1}", "seed=5"])
+    assert from_dict(tomllib.loads(to_toml(cfg))) == cfg
+
+
+def test_every_field_is_documented():
+    for name, _default, help_text in describe_fields():
+        assert help_text, f"{name} has no help text"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_parse(path):
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_there_are_shipped_configs():
+    assert len(CONFIGS) >= 2
