@@ -127,7 +127,8 @@ class ClientConfig:
     optimizer: str = _f("adamw", f"local optimizer: {', '.join(OPTIMIZERS)}")
     learning_rate: float = _f(
         0.0,
-        "local learning rate; 0 = the tune kind's default (full 1e-4, freeze 5e-4, adapters and LoRA 5e-3)",
+        "local learning rate; 0 = the tune kind's default "
+        "(full 1e-4, freeze 5e-4, adapters and LoRA 5e-3)",
     )
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = off")
