@@ -1,0 +1,110 @@
+"""The real packaged MiniLM, real adapters, and Flower's real simulation engine."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autofednlp.config import load_config
+from autofednlp.run import run_experiment
+
+pytestmark = pytest.mark.slow
+
+SMALL_BBC = [
+    "data.max_samples=400",
+    "data.max_length=64",
+    "data.num_clients=8",
+    "data.partitioner=iid",
+    "federation.clients_per_round=4",
+]
+
+
+@pytest.mark.parametrize(
+    "kind, rounds",
+    [("bottleneck", 3), ("lora", 3), ("freeze", 3), ("full", 2)],
+)
+def test_each_kind_learns_on_bbc_news(tmp_path, kind, rounds):
+    cfg = load_config(
+        None,
+        [
+            *SMALL_BBC,
+            f"tune.kind={kind}",
+            "tune.depth=2",
+            "tune.width=16",
+            f"federation.rounds={rounds}",
+            "federation.engine=inprocess",
+            f'output_dir="{tmp_path}"',
+        ],
+    )
+    summary = run_experiment(cfg, progress=False)
+    chance = 1 / 5
+    assert summary["best_val_accuracy"] > chance + 0.4, summary
+    assert summary["test_accuracy"] > chance + 0.3, summary
+
+
+def _cli(*args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "autofednlp.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _engine_processes():
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "raylet" in line or "gcs_server" in line]
+
+
+def test_cli_run_on_flower_simulation_engine(tmp_path):
+    before = _engine_processes()
+    run_dir = tmp_path / "run"
+    res = _cli(
+        "run",
+        "--set", "data.max_samples=300",
+        "--set", "data.max_length=64",
+        "--set", "data.num_clients=10",
+        "--set", "data.partitioner=iid",
+        "--set", "federation.clients_per_round=4",
+        "--set", "federation.rounds=2",
+        "--set", "federation.target_accuracy=0.5",
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "round   2/2" in res.stderr
+    assert "final test accuracy" in res.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["bytes_up"] > 0
+    assert summary["time_to_accuracy"] is not None  # 0.5 on 5 classes is reached
+    assert _engine_processes() == before, "the simulation engine left processes running"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--set", "data.alpha=-1"], "data.alpha = -1.0: must be > 0"),
+        (["--set", "tune.depth=9"], "tune.depth = 9: the model has only 6 layers"),
+        (["--set", "cost.devices={pixel = 1}"], "unknown device 'pixel'"),
+        (["--set", "data.dataset=no/such-dataset"], "data.dataset = 'no/such-dataset'"),
+        (["--set", "data.dataset=/nope/x.csv"], "/nope/x.csv"),
+        (["missing.toml"], "config file 'missing.toml' does not exist"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(args, fragment):
+    res = _cli("run", *args, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and fragment in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_help_lists_every_option_with_default():
+    res = _cli("run", "--help", timeout=60)
+    assert res.returncode == 0
+    for key in ("federation.clients_per_round", "tune.width", "cost.upload_mb_per_s"):
+        assert key in res.stdout
+    assert "(default: 15)" in res.stdout
