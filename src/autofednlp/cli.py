@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from autofednlp.config import ConfigError, describe_fields, load_config
+from autofednlp.report.results import human_duration
 
 EXIT_USER_ERROR = 2
 
@@ -19,20 +20,23 @@ def _fields_help() -> str:
     return "\n".join(lines)
 
 
-def _hours(seconds: float | None) -> str:
-    return "not reached" if seconds is None else f"{seconds / 3600:.3f} h"
-
-
 def format_summary(s: dict[str, Any]) -> str:
     tta = s.get("time_to_accuracy")
-    reached = _hours(tta["sim_time_s"]) + f" (round {tta['round']})" if tta else "not reached"
+    reached = (
+        f"{human_duration(tta['sim_time_s'])} (round {tta['round']})" if tta else "not reached"
+    )
     rows = [
         ("configuration", s["config"]),
+        *(
+            [("upgrades", " -> ".join(t["config"] for t in s["trajectory"]))]
+            if s.get("trajectory")
+            else []
+        ),
         ("rounds", s["rounds"]),
         (f"time to {s['target_accuracy']:.0%} val acc", reached),
         ("best validation accuracy", f"{s['best_val_accuracy']:.4f}"),
         ("final test accuracy", f"{s['test_accuracy']:.4f}"),
-        ("simulated time", _hours(s["sim_time_s"])),
+        ("simulated time", human_duration(s["sim_time_s"])),
         ("traffic up / down", f"{s['bytes_up'] / 1e6:.2f} MB / {s['bytes_down'] / 1e6:.2f} MB"),
         ("energy", f"{s['energy_j'] / 3600:.2f} Wh"),
         ("wall time", f"{s['wall_time_s']:.1f} s"),

@@ -36,6 +36,10 @@ TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 POOLINGS = ("mean", "cls")
 ENGINES = ("simulation", "inprocess")
+STRATEGIES = ("fixed", "autofed")
+WINNER_RULES = ("best_accuracy", "gain_per_s")
+BUDGETS = ("slowest", "paper")
+CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,14 @@ class ClientConfig:
     )
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw) or L2 (sgd)")
     max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = off")
+    activation_cache: bool = _f(
+        True, "keep the frozen layers' outputs per sample and run only the trained layers after"
+    )
+    cache_memory_mb: float = _f(64.0, "activation cache memory per client before spilling to disk")
+    cache_fp16: bool = _f(False, "store cached activations in fp16 (half the space, not exact)")
+    cache_dir: str = _f(
+        "", "where clients spill their activation caches; empty = $AUTOFEDNLP_CACHE/activations"
+    )
 
     def __post_init__(self) -> None:
         _check(self.local_epochs >= 1, "client.local_epochs", self.local_epochs, "must be >= 1")
@@ -145,6 +157,12 @@ class ClientConfig:
         _check(self.learning_rate >= 0, "client.learning_rate", self.learning_rate, "must be >= 0")
         _check(self.weight_decay >= 0, "client.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.max_grad_norm >= 0, "client.max_grad_norm", self.max_grad_norm, "must be >= 0")
+        _check(
+            self.cache_memory_mb >= 0,
+            "client.cache_memory_mb",
+            self.cache_memory_mb,
+            "must be >= 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -198,6 +216,54 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class StrategyConfig:
+    name: str = _f(
+        "fixed",
+        "fixed (train the [tune] configuration throughout) or autofed (start from the [tune] "
+        "depth and width and upgrade them progressively, chosen by trial groups)",
+    )
+    candidates: str = _f(
+        "upgrade",
+        "candidate policy of a trial: upgrade (keep, deeper, wider), upgrade-joint "
+        "(keep, deeper, wider, deeper+wider)",
+    )
+    winner: str = _f(
+        "best_accuracy",
+        "how a trial's winner is chosen on the validation split: best_accuracy (best reached "
+        "within the budget) or gain_per_s (accuracy gained per simulated second)",
+    )
+    depth_step: int = _f(1, "layers a 'deeper' candidate adds")
+    width_step: int = _f(8, "bottleneck dims a 'wider' candidate adds")
+    max_depth: int = _f(0, "cap on depth; 0 = the model's number of layers")
+    max_width: int = _f(64, "cap on width")
+    budget: str = _f(
+        "slowest",
+        "trial time budget: slowest (trial_rounds rounds of the slowest candidate, measured on "
+        "the cost model) or paper (trial_base_s x (4 x depth + 1), as the published code)",
+    )
+    trial_rounds: int = _f(2, "rounds the slowest candidate gets per trial (budget = slowest)")
+    trial_base_s: float = _f(60.0, "base of the paper's budget, simulated seconds")
+    max_group_rounds: int = _f(8, "cap on the rounds one group runs in a trial (bounds wall time)")
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("name", STRATEGIES),
+            ("winner", WINNER_RULES),
+            ("budget", BUDGETS),
+            ("candidates", CANDIDATE_POLICIES),
+        ):
+            v = getattr(self, name)
+            _check(v in allowed, f"strategy.{name}", v, f"must be one of {', '.join(allowed)}")
+        for name in ("depth_step", "width_step", "trial_rounds", "max_group_rounds"):
+            _check(
+                getattr(self, name) >= 1, f"strategy.{name}", getattr(self, name), "must be >= 1"
+            )
+        _check(self.max_depth >= 0, "strategy.max_depth", self.max_depth, "must be >= 0")
+        _check(self.max_width >= 1, "strategy.max_width", self.max_width, "must be >= 1")
+        _check(self.trial_base_s > 0, "strategy.trial_base_s", self.trial_base_s, "must be > 0")
+
+
+@dataclass(frozen=True)
 class CostConfig:
     devices: dict[str, float] = _f(
         {"jetson-tx2": 1.0},
@@ -234,6 +300,7 @@ class ExperimentConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
     def __post_init__(self) -> None:
@@ -244,6 +311,19 @@ class ExperimentConfig:
             self.federation.clients_per_round,
             f"must be <= data.num_clients ({self.data.num_clients})",
         )
+        if self.strategy.name == "autofed":
+            _check(
+                self.tune.kind in ("bottleneck", "lora"),
+                "tune.kind",
+                self.tune.kind,
+                "strategy autofed grows adapters: use bottleneck or lora",
+            )
+            _check(
+                self.tune.width <= self.strategy.max_width,
+                "tune.width",
+                self.tune.width,
+                f"must be <= strategy.max_width ({self.strategy.max_width})",
+            )
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +39,29 @@ def run_experiment(
     cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Run `cfg` on its configured engine and return the summary."""
+    from autofednlp.client.worker import cache_root
+    from autofednlp.server.loop import run_id_for
+
+    preflight(cfg)
+    rd = new_run_dir(cfg, run_dir)
+    try:
+        return _run_on_engine(cfg, rd, progress)
+    finally:
+        # Simulated clients keep their activation caches on this machine: free the disk.
+        shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
+
+
+def _run_on_engine(cfg: ExperimentConfig, rd: Path, progress: bool) -> dict[str, Any]:
     if cfg.federation.engine == "inprocess":
         from autofednlp.client.worker import client_data
+        from autofednlp.server import make_run
         from autofednlp.server.inprocess import InProcessTransport
-        from autofednlp.server.loop import FederatedRun
 
-        preflight(cfg)
-        rd = new_run_dir(cfg, run_dir)
-        return FederatedRun(cfg, client_data(cfg), InProcessTransport(cfg), rd, progress).run()
-    return run_simulation_experiment(cfg, run_dir, progress)
+        return make_run(cfg, client_data(cfg), InProcessTransport(cfg), rd, progress).run()
+    return _run_simulation(cfg, rd, progress)
 
 
-def run_simulation_experiment(
-    cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
-) -> dict[str, Any]:
+def _run_simulation(cfg: ExperimentConfig, rd: Path, progress: bool) -> dict[str, Any]:
     """Start Flower's simulation engine with `cfg.data.num_clients` virtual SuperNodes, run the
     ServerApp/ClientApp pair to the end, shut the engine down, and return the summary."""
     from flwr.simulation import run_simulation
@@ -59,8 +69,6 @@ def run_simulation_experiment(
     from autofednlp.client.app import app as client_app
     from autofednlp.server.app import make_server_app
 
-    preflight(cfg)
-    rd = new_run_dir(cfg, run_dir)
     _quiet_flower()
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.num_cpus_per_client, "num_gpus": 0.0},

@@ -49,6 +49,8 @@ def train(msg: Message, context: Context) -> Message:
     pid, device = _identity(context, cfg)
     spec = TuneSpec(str(conf["kind"]), int(conf["depth"]), int(conf["width"]))
     state = msg.content["arrays"].to_torch_state_dict()
-    new_state, metrics = train_round(cfg, pid, spec, state, int(conf["server_round"]), device)
+    new_state, metrics = train_round(
+        cfg, pid, spec, state, int(conf["server_round"]), device, run_id=str(conf["run_id"])
+    )
     content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -7,8 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autofednlp.client.cache import ActivationCache
 from autofednlp.config import ClientConfig
-from autofednlp.cost.flops import ModelShape, TrainedPart, eval_flops, train_step_flops
+from autofednlp.cost.flops import (
+    ModelShape,
+    TrainedPart,
+    eval_flops,
+    fill_cache_flops,
+    train_step_flops,
+)
 from autofednlp.data.federated import TokenizedSplit
 from autofednlp.data.tokenize import trim_batch
 from autofednlp.model.classifier import EncoderClassifier
@@ -39,11 +46,15 @@ def local_train(
     shape: ModelShape,
     part: TrainedPart,
     seed: int,
+    cache: ActivationCache | None = None,
+    sample_ids: torch.Tensor | None = None,
 ) -> LocalResult:
     """Train `model` in place for `cfg.local_epochs` over `data`; count the FLOPs executed.
 
     `seed` fixes the sample order and dropout, so a client's update does not depend on which
-    process happens to run it.
+    process happens to run it. With a `cache` (and each sample's stable id in `sample_ids`),
+    the frozen layers run only for samples the cache does not hold yet; the FLOP count charges
+    those fills and, for every step, only the layers that actually ran.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -58,7 +69,12 @@ def local_train(
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             ids, mask = trim_batch(data.input_ids[idx], data.attention_mask[idx])
-            logits = model(ids, mask, boundary=boundary)
+            if cache is not None:
+                hidden, misses = cache.hidden_for(model, boundary, sample_ids[idx], ids, mask)
+                logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
+                flops += fill_cache_flops(shape, part, misses, ids.shape[1])
+            else:
+                logits = model(ids, mask, boundary=boundary)
             loss = loss_fn(logits, data.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -67,7 +83,7 @@ def local_train(
             opt.step()
             total_loss += loss.item()
             steps += 1
-            flops += train_step_flops(shape, part, len(idx), ids.shape[1])
+            flops += train_step_flops(shape, part, len(idx), ids.shape[1], cached=cache is not None)
     return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
 
 

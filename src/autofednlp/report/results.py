@@ -13,6 +13,8 @@ from autofednlp.config import ConfigError, ExperimentConfig, to_toml
 
 ROUND_FIELDS = [
     "round",
+    "trial",
+    "group",
     "config",
     "sim_time_s",
     "round_time_s",
@@ -79,9 +81,20 @@ class RunRecorder:
 
 def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     """Simulated time and round at which validation accuracy first reached `target`; None if
-    it never did."""
-    for row in rows:
-        acc = row.get("val_accuracy")
-        if acc is not None and acc >= target:
-            return {"sim_time_s": row["sim_time_s"], "round": row["round"]}
-    return None
+    it never did. Rows of concurrent groups are not in time order, hence the minimum."""
+    hits = [r for r in rows if r.get("val_accuracy") is not None and r["val_accuracy"] >= target]
+    if not hits:
+        return None
+    first = min(hits, key=lambda r: (r["sim_time_s"], r["round"]))
+    return {"sim_time_s": first["sim_time_s"], "round": first["round"]}
+
+
+def human_duration(seconds: float | None) -> str:
+    """Simulated durations span seconds to days: pick the unit that reads well."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

@@ -11,7 +11,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from autofednlp.config import ExperimentConfig, load_config, to_toml
 from autofednlp.report.results import new_run_dir
-from autofednlp.server.loop import Delivery, FederatedRun, TrainReply, TrainTask
+from autofednlp.server import make_run
+from autofednlp.server.loop import Delivery, TrainReply, TrainTask
 
 log = logging.getLogger("autofednlp")
 
@@ -63,6 +64,7 @@ class GridTransport:
                     "depth": t.spec.depth,
                     "width": t.spec.width,
                     "server_round": t.server_round,
+                    "run_id": t.run_id,
                 }
             )
             content = RecordDict({"arrays": ArrayRecord(t.state), "config": conf})
@@ -116,7 +118,7 @@ def make_server_app(
 
         c = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
         rd = run_dir if run_dir is not None else new_run_dir(c)
-        fed = FederatedRun(c, client_data(c), GridTransport(grid, c), Path(rd), progress)
+        fed = make_run(c, client_data(c), GridTransport(grid, c), Path(rd), progress)
         fed.run()
 
     return server_app

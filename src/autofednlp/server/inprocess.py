@@ -23,7 +23,7 @@ class InProcessTransport:
         for t in tasks:
             try:
                 state, metrics = train_round(
-                    self.cfg, t.partition_id, t.spec, t.state, t.server_round
+                    self.cfg, t.partition_id, t.spec, t.state, t.server_round, run_id=t.run_id
                 )
             except Exception as e:  # a failing client must not end the run
                 out.failed[t.partition_id] = f"{type(e).__name__}: {e}"

@@ -8,6 +8,7 @@ clock, evaluation, results) is plain Python.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import random
 import sys
@@ -30,11 +31,18 @@ from autofednlp.model.build import (
     trainable_state,
     trained_part,
 )
+from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.kinds import TuneSpec
-from autofednlp.report.results import RunRecorder, time_to_accuracy
+from autofednlp.report.results import RunRecorder, human_duration, time_to_accuracy
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 
 log = logging.getLogger("autofednlp")
+
+
+def run_id_for(run_dir: Path) -> str:
+    """A short id for a run, unique per run directory: scopes the clients' caches."""
+    resolved = str(Path(run_dir).resolve())
+    return f"{Path(run_dir).name[:40]}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -43,6 +51,7 @@ class TrainTask:
     spec: TuneSpec
     state: dict[str, torch.Tensor]
     server_round: int
+    run_id: str = ""
 
 
 @dataclass
@@ -72,24 +81,42 @@ class ProgressPrinter:
     def __init__(self, total_rounds: int, enabled: bool = True) -> None:
         self.total = total_rounds
         self.enabled = enabled
+        self.bytes = 0
 
     def __call__(self, row: dict[str, Any]) -> None:
+        self.bytes += row["bytes_up"] + row["bytes_down"]
         if not self.enabled:
             return
         acc = row.get("val_accuracy")
         acc_s = "  -  " if acc is None else f"{acc:.3f}"
-        mb = (row["cum_bytes_up"] + row["cum_bytes_down"]) / 1e6
+        where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
         print(
-            f"round {row['round']:>3}/{self.total} | {row['config']:<22} | "
-            f"sim {row['sim_time_s'] / 3600:7.3f} h | val acc {acc_s} | "
-            f"traffic {mb:9.2f} MB | wall {row['wall_time_s']:6.1f} s",
+            f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
+            f"sim {human_duration(row['sim_time_s']):>8} | val acc {acc_s} | "
+            f"traffic {self.bytes / 1e6:9.2f} MB | wall {row['wall_time_s']:6.1f} s",
             file=sys.stderr,
             flush=True,
         )
 
 
+@dataclass
+class GroupResult:
+    """One group's round: its new weights, what it cost, and who took part."""
+
+    state: dict[str, torch.Tensor]
+    cost: RoundCost
+    clients: list[int]
+    failed: dict[int, str]
+    train_loss: float | None
+
+
 class FederatedRun:
-    """FedAvg with client sampling, server-side validation and a simulated clock."""
+    """FedAvg with client sampling, server-side validation and a simulated clock.
+
+    The unit of work is a *group round*: a set of clients trains one configuration from the
+    same weights and FedAvg combines their updates. A plain run has one group; AutoFedNLP's
+    trials run several side by side (`server/autofed.py`).
+    """
 
     def __init__(
         self,
@@ -103,11 +130,10 @@ class FederatedRun:
         self.data = data
         self.transport = transport
         self.recorder = RunRecorder(run_dir, cfg)
+        self.run_id = run_id_for(run_dir)
         self.spec = TuneSpec(cfg.tune.kind, cfg.tune.depth, cfg.tune.width)
-        self.model = build_model(
-            cfg.model.name, data.num_labels, self.spec, cfg.seed, cfg.model.pooling
-        )
-        self.state = trainable_state(self.model)
+        self._models: dict[TuneSpec, EncoderClassifier] = {}
+        self.state = self.initial_state(self.spec)
         self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
@@ -115,69 +141,87 @@ class FederatedRun:
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()
 
-    def sample(self) -> list[int]:
-        available = sorted(self.transport.available_partitions())
-        k = min(self.cfg.federation.clients_per_round, len(available))
-        return sorted(self.rng.sample(available, k))
+    def model_for(self, spec: TuneSpec) -> EncoderClassifier:
+        if spec not in self._models:
+            cfg = self.cfg
+            self._models[spec] = build_model(
+                cfg.model.name, self.data.num_labels, spec, cfg.seed, cfg.model.pooling
+            )
+        return self._models[spec]
 
-    def evaluate(self, split: str) -> tuple[float, float]:
-        load_trainable(self.model, self.state)
+    def initial_state(self, spec: TuneSpec) -> dict[str, torch.Tensor]:
+        return trainable_state(self.model_for(spec))
+
+    def sample(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
+        available = sorted(set(self.transport.available_partitions()) - set(exclude))
+        return sorted(self.rng.sample(available, min(k, len(available))))
+
+    def evaluate(
+        self, split: str, spec: TuneSpec | None = None, state: dict | None = None
+    ) -> tuple[float, float]:
+        spec = spec or self.spec
+        model = self.model_for(spec)
+        load_trainable(model, self.state if state is None else state)
         data = getattr(self.data, split)
-        boundary = self.spec.boundary(self.model.num_layers)
+        boundary = spec.boundary(model.num_layers)
         features = None
-        if not self.model.embeddings_trainable():  # else the "frozen" part changes each round
+        if not model.embeddings_trainable():  # else the "frozen" part changes each round
             key = (split, boundary)
             if key not in self._features:
-                self._features[key] = frozen_features(self.model, data, boundary)
+                self._features[key] = frozen_features(model, data, boundary)
             features = self._features[key]
         res = evaluate(
-            self.model,
-            data,
-            self.shape,
-            trained_part(self.spec),
-            boundary=boundary,
-            features=features,
+            model, data, self.shape, trained_part(spec), boundary=boundary, features=features
         )
         return res.accuracy, res.loss
 
-    def train_round(self, server_round: int) -> dict[str, Any]:
-        chosen = self.sample()
-        tasks = [TrainTask(pid, self.spec, self.state, server_round) for pid in chosen]
+    def train_groups(
+        self, server_round: int, groups: list[tuple[TuneSpec, dict, list[int]]]
+    ) -> list[GroupResult]:
+        """Send every group's tasks at once (they run concurrently on real clients), then
+        check and average each group's replies separately."""
+        tasks = [
+            TrainTask(pid, spec, state, server_round, self.run_id)
+            for spec, state, clients in groups
+            for pid in clients
+        ]
         delivery = self.transport.train(tasks)
-        updates, costs = [], []
-        failed = dict(delivery.failed)
-        bytes_down = state_bytes(self.state)
-        for reply in delivery.replies:
-            try:
-                check_update(self.state, reply.state, reply.metrics.get("num_examples", 0))
-            except RejectedUpdate as e:
-                failed[reply.partition_id] = f"rejected: {e}"
-                continue
-            updates.append((reply.state, reply.metrics["num_examples"]))
-            costs.append(
-                client_cost(
-                    self.cfg.cost,
-                    float(reply.metrics["compute_s"]),
-                    bytes_down,
-                    state_bytes(reply.state),
+        by_pid = {r.partition_id: r for r in delivery.replies}
+        results = []
+        for _spec, state, clients in groups:
+            updates, costs, losses = [], [], []
+            failed = {p: w for p, w in delivery.failed.items() if p in clients}
+            bytes_down = state_bytes(state)
+            for pid in clients:
+                reply = by_pid.get(pid)
+                if reply is None:
+                    failed.setdefault(pid, "no reply")
+                    continue
+                try:
+                    check_update(state, reply.state, reply.metrics.get("num_examples", 0))
+                except RejectedUpdate as e:
+                    failed[pid] = f"rejected: {e}"
+                    continue
+                updates.append((reply.state, reply.metrics["num_examples"]))
+                losses.append(float(reply.metrics["train_loss"]))
+                compute_s = float(reply.metrics["compute_s"])
+                costs.append(
+                    client_cost(self.cfg.cost, compute_s, bytes_down, state_bytes(reply.state))
+                )
+            for pid, why in sorted(failed.items()):
+                log.warning("round %d: client %d failed: %s", server_round, pid, why)
+            # A group left with no usable reply keeps its previous weights.
+            new_state = fedavg(updates) if updates else state
+            results.append(
+                GroupResult(
+                    new_state,
+                    self._round_cost(costs, failed),
+                    clients,
+                    failed,
+                    sum(losses) / len(losses) if losses else None,
                 )
             )
-        for pid, why in failed.items():
-            log.warning("round %d: client %d failed: %s", server_round, pid, why)
-        if updates:
-            self.state = fedavg(updates)
-        rc = self._round_cost(costs, failed)
-        self.clock.advance(rc)
-        losses = [r.metrics["train_loss"] for r in delivery.replies if r.partition_id not in failed]
-        return {
-            "clients": " ".join(str(p) for p in chosen),
-            "failed_clients": " ".join(str(p) for p in sorted(failed)),
-            "round_time_s": rc.duration_s,
-            "train_loss": sum(losses) / len(losses) if losses else None,
-            "bytes_up": rc.bytes_up,
-            "bytes_down": rc.bytes_down,
-            "energy_j": rc.energy_j,
-        }
+        return results
 
     def _round_cost(self, costs: list[ClientCost], failed: dict[int, str]) -> RoundCost:
         rc = RoundCost.of(costs)
@@ -187,36 +231,54 @@ class FederatedRun:
             rc = dataclasses.replace(rc, duration_s=max(rc.duration_s, timeout))
         return rc
 
+    def round_row(self, server_round: int, spec: TuneSpec, res: GroupResult) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "config": spec.label(),
+            "clients": " ".join(str(p) for p in res.clients),
+            "failed_clients": " ".join(str(p) for p in sorted(res.failed)),
+            "round_time_s": res.cost.duration_s,
+            "train_loss": res.train_loss,
+            "bytes_up": res.cost.bytes_up,
+            "bytes_down": res.cost.bytes_down,
+            "energy_j": res.cost.energy_j,
+        }
+
+    def record(self, row: dict[str, Any]) -> None:
+        row["wall_time_s"] = time.monotonic() - self._t0
+        self.recorder.round(row)
+        self.progress(row)
+
     def run(self) -> dict[str, Any]:
         fed = self.cfg.federation
         for r in range(1, fed.rounds + 1):
-            row: dict[str, Any] = {"round": r, "config": self.spec.label()}
-            row.update(self.train_round(r))
+            clients = self.sample(fed.clients_per_round)
+            (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
+            self.state = res.state
+            self.clock.advance(res.cost)
+            row = self.round_row(r, self.spec, res)
             row["val_accuracy"], row["val_loss"] = (None, None)
             if r % fed.eval_every == 0 or r == fed.rounds:
                 row["val_accuracy"], row["val_loss"] = self.evaluate("validation")
             row["sim_time_s"] = self.clock.time_s
-            row["wall_time_s"] = time.monotonic() - self._t0
-            row["cum_bytes_up"], row["cum_bytes_down"] = self.clock.bytes_up, self.clock.bytes_down
-            self.recorder.round(row)
-            self.progress(row)
+            self.record(row)
             reached = row["val_accuracy"] is not None and row["val_accuracy"] >= fed.target_accuracy
             if fed.stop_at_target and reached:
                 break
         return self.finish()
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         test_acc, test_loss = self.evaluate("test")
         rows = self.recorder.rows
         accs = [r["val_accuracy"] for r in rows if r["val_accuracy"] is not None]
         summary = {
             "name": self.cfg.name,
             "config": self.spec.label(),
-            "rounds": len(rows),
+            "rounds": len({r["round"] for r in rows}),
             "target_accuracy": self.cfg.federation.target_accuracy,
             "time_to_accuracy": time_to_accuracy(rows, self.cfg.federation.target_accuracy),
             "best_val_accuracy": max(accs) if accs else None,
-            "final_val_accuracy": accs[-1] if accs else None,
+            "final_val_accuracy": self.evaluate("validation")[0],
             "test_accuracy": test_acc,
             "test_loss": test_loss,
             "sim_time_s": self.clock.time_s,
@@ -226,6 +288,7 @@ class FederatedRun:
             "wall_time_s": time.monotonic() - self._t0,
             "trainable_params": sum(t.numel() for t in self.state.values()),
             "run_dir": str(self.recorder.run_dir),
+            **(extra or {}),
         }
         self.recorder.summary(summary)
         torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")

@@ -1,0 +1,134 @@
+"""AutoFedNLP: progressive (depth, width) upgrades chosen by trial groups.
+
+Each trial forms disjoint, freshly sampled groups of clients, one per candidate configuration
+(keep, deeper, wider). Every group trains its candidate with FedAvg inside the group for the
+same simulated time budget, so a cheaper candidate runs more rounds. The group that reached the
+best validation accuracy wins; its weights start the next trial for everyone. The engine may
+run the groups' rounds one after another, but the clock counts them as concurrent: a trial lasts
+as long as its slowest group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from autofednlp.cost.clock import RoundCost
+from autofednlp.model.grow import grow_state
+from autofednlp.model.kinds import TuneSpec
+from autofednlp.server.loop import FederatedRun
+from autofednlp.server.policies import (
+    GroupOutcome,
+    candidate_policy,
+    pick_winner,
+    trial_budget_s,
+)
+
+
+@dataclass
+class Group:
+    name: str
+    spec: TuneSpec
+    state: dict[str, torch.Tensor]
+    time_s: float = 0.0
+    rounds: int = 0
+    accuracies: list[float] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)
+    states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+class AutoFedRun(FederatedRun):
+    """A `FederatedRun` whose configuration grows, trial by trial."""
+
+    def grow(self, state: dict, old: TuneSpec, new: TuneSpec) -> dict[str, torch.Tensor]:
+        if new == old:
+            return state
+        return grow_state(state, self.initial_state(new), old, new)
+
+    def run(self) -> dict[str, Any]:
+        fed, st = self.cfg.federation, self.cfg.strategy
+        policy = candidate_policy(st, self.model_for(self.spec).num_layers)
+        start_acc = self.evaluate("validation", self.spec, self.state)[0]
+        trajectory: list[dict[str, Any]] = []
+        server_round, trial, reached = 0, 0, False
+        while server_round < fed.rounds and not (fed.stop_at_target and reached):
+            trial += 1
+            groups = [
+                Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec))
+                for c in policy(self.spec)
+            ]
+            group_size = max(1, fed.clients_per_round // len(groups))
+            budget = trial_budget_s(st, self.spec, [0.0]) if st.budget == "paper" else None
+            trial_start, spent = self.clock.time_s, []
+            while server_round < fed.rounds:
+                active = [
+                    g
+                    for g in groups
+                    if (budget is None or g.time_s < budget) and g.rounds < st.max_group_rounds
+                ]
+                if not active:
+                    break
+                server_round += 1
+                clients = self.sample(group_size * len(active))
+                chunks = [clients[i :: len(active)] for i in range(len(active))]
+                results = self.train_groups(
+                    server_round, [(g.spec, g.state, c) for g, c in zip(active, chunks)]
+                )
+                for g, res in zip(active, results):
+                    g.state, g.rounds = res.state, g.rounds + 1
+                    g.time_s += res.cost.duration_s
+                    spent.append(res.cost)
+                    acc, loss = self.evaluate("validation", g.spec, g.state)
+                    g.accuracies.append(acc)
+                    g.times_s.append(g.time_s)
+                    g.states.append(g.state)
+                    row = self.round_row(server_round, g.spec, res)
+                    row.update(
+                        trial=trial,
+                        group=g.name,
+                        val_accuracy=acc,
+                        val_loss=loss,
+                        sim_time_s=trial_start + g.time_s,
+                    )
+                    self.record(row)
+                    reached = reached or acc >= fed.target_accuracy
+                if budget is None:
+                    budget = trial_budget_s(st, self.spec, [g.time_s for g in groups])
+                if fed.stop_at_target and reached:
+                    break
+            outcomes = [GroupOutcome(g.name, g.accuracies, g.times_s, start_acc) for g in groups]
+            w = groups[pick_winner(outcomes, st.winner)]
+            # The winner's weights at its best validated round: what the rule judged it by.
+            best = max(range(len(w.accuracies)), key=lambda j: (w.accuracies[j], -j), default=-1)
+            if best >= 0:
+                self.state, start_acc = w.states[best], w.accuracies[best]
+            self.spec = w.spec
+            self._advance(spent, max(g.time_s for g in groups))
+            trajectory.append(
+                {
+                    "trial": trial,
+                    "winner": w.name,
+                    "config": w.spec.label(),
+                    "depth": w.spec.depth,
+                    "width": w.spec.width,
+                    "budget_s": budget,
+                    "sim_time_s": self.clock.time_s,
+                    "val_accuracy": start_acc,
+                    "groups": {g.name: g.spec.label() for g in groups},
+                }
+            )
+            for g in groups:
+                g.states.clear()
+        return self.finish({"trajectory": trajectory, "trials": trial})
+
+    def _advance(self, spent: list[RoundCost], duration_s: float) -> None:
+        total = RoundCost(
+            duration_s=duration_s,
+            energy_j=sum(c.energy_j for c in spent),
+            bytes_down=sum(c.bytes_down for c in spent),
+            bytes_up=sum(c.bytes_up for c in spent),
+            compute_s=sum(c.compute_s for c in spent),
+        )
+        self.clock.advance(total)
