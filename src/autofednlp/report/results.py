@@ -25,6 +25,8 @@ ROUND_FIELDS = [
     "bytes_up",
     "bytes_down",
     "energy_j",
+    "cache_hits",
+    "cache_misses",
     "clients",
     "failed_clients",
 ]

@@ -108,6 +108,8 @@ class GroupResult:
     clients: list[int]
     failed: dict[int, str]
     train_loss: float | None
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 class FederatedRun:
@@ -189,7 +191,7 @@ class FederatedRun:
         by_pid = {r.partition_id: r for r in delivery.replies}
         results = []
         for _spec, state, clients in groups:
-            updates, costs, losses = [], [], []
+            updates, costs, losses, hits, misses = [], [], [], 0, 0
             failed = {p: w for p, w in delivery.failed.items() if p in clients}
             bytes_down = state_bytes(state)
             for pid in clients:
@@ -204,6 +206,8 @@ class FederatedRun:
                     continue
                 updates.append((reply.state, reply.metrics["num_examples"]))
                 losses.append(float(reply.metrics["train_loss"]))
+                hits += max(int(reply.metrics.get("cache_hits", 0)), 0)
+                misses += max(int(reply.metrics.get("cache_misses", 0)), 0)
                 compute_s = float(reply.metrics["compute_s"])
                 costs.append(
                     client_cost(self.cfg.cost, compute_s, bytes_down, state_bytes(reply.state))
@@ -219,6 +223,8 @@ class FederatedRun:
                     clients,
                     failed,
                     sum(losses) / len(losses) if losses else None,
+                    hits,
+                    misses,
                 )
             )
         return results
@@ -242,6 +248,8 @@ class FederatedRun:
             "bytes_up": res.cost.bytes_up,
             "bytes_down": res.cost.bytes_down,
             "energy_j": res.cost.energy_j,
+            "cache_hits": res.cache_hits,
+            "cache_misses": res.cache_misses,
         }
 
     def record(self, row: dict[str, Any]) -> None:
