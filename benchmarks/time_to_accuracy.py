@@ -28,7 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from autofednlp.config import load_config  # noqa: E402
 from autofednlp.run import run_experiment  # noqa: E402
 
-
 QUICK_DATA = ["data.max_samples=800", "data.num_clients=30", "data.max_length=64"]
 
 
