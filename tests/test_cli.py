@@ -1,0 +1,115 @@
+"""The command line as a user drives it: run, report, predict, export, profile, errors."""
+
+import json
+
+import pytest
+import torch
+
+from autofednlp.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    args = [
+        f'model.name="{tiny_model_dir}"',
+        "data.max_samples=120",
+        "data.max_length=32",
+        "data.num_clients=6",
+        "federation.clients_per_round=3",
+        "federation.rounds=2",
+        "federation.engine=inprocess",
+        "tune.depth=1",
+        "tune.width=8",
+    ]
+    run_dir = out / "run"
+    sets = [x for a in args for x in ("--set", a)]
+    assert main(["run", *sets, "--run-dir", str(run_dir), "--progress", "quiet"]) == 0
+    return run_dir
+
+
+def test_json_progress_is_one_object_per_round(tiny_model_dir, tmp_path, capsys):
+    sets = [
+        f'model.name="{tiny_model_dir}"',
+        "data.max_samples=120",
+        "data.max_length=32",
+        "data.num_clients=6",
+        "federation.clients_per_round=3",
+        "federation.rounds=2",
+        "federation.engine=inprocess",
+    ]
+    argv = ["run", *[x for s in sets for x in ("--set", s)], "--run-dir", str(tmp_path / "r")]
+    assert main([*argv, "--progress", "json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["round"] for x in lines[:-1]] == [1, 2]
+    assert "val_accuracy" in lines[0] and "summary" in lines[-1]
+
+
+def test_report_writes_plots_and_their_data(finished_run, tmp_path, capsys):
+    assert main(["report", str(finished_run), str(finished_run), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "time to target" in out and "run" in out
+    for name in ("accuracy_vs_time.png", "accuracy_vs_time.csv", "traffic_energy.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_on_a_non_run_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_predict_uses_the_trained_model(finished_run, capsys):
+    assert main(["predict", str(finished_run), "Shares fell on the stock market"]) == 0
+    label, prob, text = capsys.readouterr().out.strip().split("\t")
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert label in summary["label_names"] and 0 < float(prob) <= 1
+    assert text.startswith("Shares fell")
+
+
+def test_exported_adapter_loads_with_the_adapters_library_alone(finished_run, tiny_model_dir):
+    import adapters
+    from transformers import AutoModel
+
+    from autofednlp.model.export import load_run_model
+
+    ours, _labels, _base = load_run_model(finished_run)
+    plain = AutoModel.from_pretrained(tiny_model_dir)
+    adapters.init(plain)
+    name = plain.load_adapter(str(finished_run / "export" / "adapter"))
+    plain.set_active_adapters(name)
+    plain.eval()
+    ids = torch.randint(1000, 3000, (2, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        theirs = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = ours.run_layers(ours.embed(ids), mask, 0, ours.num_layers)
+    assert torch.allclose(theirs, hidden, atol=1e-5)
+    meta = json.loads((finished_run / "export" / "head.json").read_text())
+    assert meta["spec"] == {"kind": "bottleneck", "depth": 1, "width": 8}
+
+
+def test_predict_on_a_missing_run_is_a_user_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope"), "text"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no finished run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_measures_and_saves(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "dev.json"
+    argv = ["profile", "--model", tiny_model_dir, "--seq-len", "16", "--steps", "2"]
+    assert main([*argv, "--name", "lab", "--save", str(path)]) == 0
+    assert "GFLOP/s" in capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["name"] == "lab" and saved["flops_per_s"] > 0
+
+
+def test_datasets_and_devices_list_what_is_available(capsys):
+    assert main(["datasets"]) == 0 and "bbc_news" in capsys.readouterr().out
+    assert main(["devices"]) == 0
+    assert "jetson-tx2" in capsys.readouterr().out
+
+
+def test_existing_run_dir_is_refused(finished_run, capsys):
+    assert main(["run", "--run-dir", str(finished_run)]) == 2
+    assert "already exists" in capsys.readouterr().err
