@@ -48,11 +48,15 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from autofednlp.run import run_experiment
+    from autofednlp.run import resume_experiment, run_experiment
 
-    cfg = load_config(args.config, args.set)
     mode = "quiet" if args.quiet else args.progress
-    summary = run_experiment(cfg, args.run_dir, progress=mode)
+    if args.resume:
+        if args.config or args.set or args.run_dir:
+            raise ConfigError("--resume takes the run directory's own config: no file or --set")
+        summary = resume_experiment(args.resume, progress=mode)
+    else:
+        summary = run_experiment(load_config(args.config, args.set), args.run_dir, progress=mode)
     if mode == "json":
         print(json.dumps({"summary": summary}, default=str))
     else:
@@ -162,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-round progress: human lines on stderr (default), JSON lines on stdout, or none",
     )
     run.add_argument("--quiet", action="store_true", help="same as --progress quiet")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed run from its last checkpoint (ends as if never interrupted)",
+    )
     run.set_defaults(func=cmd_run)
     report = sub.add_parser(
         "report", help="compare run directories: a table, and PNG plots with their CSV data"

@@ -174,6 +174,11 @@ class FederationConfig:
     stop_at_target: bool = _f(False, "end the run as soon as the target is reached")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
     round_timeout_s: float = _f(0.0, "wall-clock seconds to wait for replies; 0 = no limit")
+    checkpoint_every: int = _f(
+        5,
+        "write a checkpoint every N rounds (AutoFedNLP: at the end of each trial) and at the "
+        "end; `run --resume DIR` continues from it. 0 = only at the end",
+    )
     engine: str = _f(
         "simulation",
         "simulation (Flower's simulation engine) or inprocess (clients run one after another "
@@ -189,6 +194,12 @@ class FederationConfig:
             "must be >= 1",
         )
         _check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "must be >= 1")
+        _check(
+            self.checkpoint_every >= 0,
+            "federation.checkpoint_every",
+            self.checkpoint_every,
+            "must be >= 0",
+        )
         _check(
             0 < self.target_accuracy <= 1,
             "federation.target_accuracy",

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from autofednlp.config import ConfigError, ExperimentConfig
-from autofednlp.report.results import new_run_dir
+from autofednlp.config import ConfigError, ExperimentConfig, load_config
+from autofednlp.report.results import load_checkpoint, new_run_dir
 
 
 def preflight(cfg: ExperimentConfig) -> None:
@@ -39,29 +39,54 @@ def run_experiment(
     cfg: ExperimentConfig, run_dir: str | None = None, progress: str | bool = "lines"
 ) -> dict[str, Any]:
     """Run `cfg` on its configured engine and return the summary."""
+    rd = new_run_dir(cfg, run_dir)
+    preflight(cfg)
+    return _run_and_clean(cfg, rd, progress, None)
+
+
+def resume_experiment(run_dir: str, progress: str | bool = "lines") -> dict[str, Any]:
+    """Continue a killed run from its last checkpoint; it ends as the uninterrupted run would."""
+    from autofednlp.client.cache import prune_newer_than
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
 
-    rd = new_run_dir(cfg, run_dir)
+    rd = Path(run_dir).resolve()
+    ckpt = load_checkpoint(rd)
+    cfg = load_config(rd / "config.toml")
     preflight(cfg)
-    try:
-        return _run_on_engine(cfg, rd, progress)
-    finally:
-        # Simulated clients keep their activation caches on this machine: free the disk.
-        shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
+    prune_newer_than(cache_root(cfg) / run_id_for(rd), ckpt["time_ns"])
+    return _run_and_clean(cfg, rd, progress, ckpt)
 
 
-def _run_on_engine(cfg: ExperimentConfig, rd: Path, progress: str | bool) -> dict[str, Any]:
+def _run_and_clean(
+    cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None
+) -> dict[str, Any]:
+    from autofednlp.client.worker import cache_root
+    from autofednlp.server.loop import run_id_for
+
+    summary = _run_on_engine(cfg, rd, progress, resume)
+    # Simulated clients keep their activation caches on this machine: free the disk once the
+    # run is complete (an interrupted run keeps them, for --resume).
+    shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
+    return summary
+
+
+def _run_on_engine(
+    cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None
+) -> dict[str, Any]:
     if cfg.federation.engine == "inprocess":
         from autofednlp.client.worker import client_data
         from autofednlp.server import make_run
         from autofednlp.server.inprocess import InProcessTransport
 
-        return make_run(cfg, client_data(cfg), InProcessTransport(cfg), rd, progress).run()
-    return _run_simulation(cfg, rd, progress)
+        transport = InProcessTransport(cfg)
+        return make_run(cfg, client_data(cfg), transport, rd, progress, resume).run()
+    return _run_simulation(cfg, rd, progress, resume)
 
 
-def _run_simulation(cfg: ExperimentConfig, rd: Path, progress: str | bool) -> dict[str, Any]:
+def _run_simulation(
+    cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None
+) -> dict[str, Any]:
     """Start Flower's simulation engine with `cfg.data.num_clients` virtual SuperNodes, run the
     ServerApp/ClientApp pair to the end, shut the engine down, and return the summary."""
     from flwr.simulation import run_simulation
@@ -80,7 +105,7 @@ def _run_simulation(cfg: ExperimentConfig, rd: Path, progress: str | bool) -> di
         },
     }
     run_simulation(
-        server_app=make_server_app(cfg, rd, progress),
+        server_app=make_server_app(cfg, rd, progress, resume),
         client_app=client_app,
         num_supernodes=cfg.data.num_clients,
         backend_config=backend_config,

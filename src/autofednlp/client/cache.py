@@ -264,3 +264,17 @@ def _check_frozen(model: EncoderClassifier, boundary: int) -> None:
     below = [model.encoder.embeddings, *model.layers[:boundary]]
     if any(p.requires_grad for m in below for p in m.parameters()):
         raise ValueError(f"boundary = {boundary}: parameters below it are trainable, not cacheable")
+
+
+def prune_newer_than(root: str | Path, time_ns: int) -> int:
+    """Delete the segments under `root` written after `time_ns` (their names start with the
+    time they were written): resuming a run from a checkpoint puts every client's cache back
+    to what it held then, so the resumed run is charged exactly as the original. Returns the
+    number of files removed."""
+    removed = 0
+    for path in Path(root).rglob("*.pt"):
+        stamp = path.name.split("-", 1)[0]
+        if stamp.isdigit() and int(stamp) > time_ns:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -24,7 +24,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
         except ValueError:
             raise ConfigError(f"{str(d / 'summary.json')!r} is not valid JSON") from None
-    return {"dir": d, "name": summary.get("name") or d.name, "summary": summary, "rows": rows}
+    return {"dir": d, "name": d.name, "summary": summary, "rows": rows}
 
 
 def _num(v: str | None) -> float | None:

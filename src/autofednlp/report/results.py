@@ -32,6 +32,31 @@ ROUND_FIELDS = [
 ]
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(run_dir: Path, data: dict[str, Any]) -> None:
+    """Write the checkpoint atomically (write, then rename): a kill leaves the previous one."""
+    import torch
+
+    path = Path(run_dir) / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    import torch
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no {CHECKPOINT} there to resume from")
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"{str(path)!r} cannot be read ({type(e).__name__})") from None
+
+
 def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None) -> Path:
     """`run_dir` if given (it must not exist yet), else `<output_dir>/<name>-<timestamp>`."""
     if run_dir is not None:
@@ -58,7 +83,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class RunRecorder:
     """Appends one row per round as it happens, so a killed run keeps what it did."""
 
-    def __init__(self, run_dir: Path, cfg: ExperimentConfig) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: ExperimentConfig, rows: list[dict[str, Any]] = ()
+    ) -> None:
+        """A fresh record, or (resuming) one that starts again from `rows`."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
@@ -68,14 +96,16 @@ class RunRecorder:
             csv.DictWriter(f, fieldnames=ROUND_FIELDS).writeheader()
         self._jsonl_path.write_text("", encoding="utf-8")
         self.rows: list[dict[str, Any]] = []
+        for row in rows:
+            self.round(row)
 
-    def round(self, row: dict[str, Any], details: dict[str, Any] | None = None) -> None:
+    def round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         with self._csv_path.open("a", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=ROUND_FIELDS, extrasaction="ignore")
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROUND_FIELDS})
         with self._jsonl_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({**row, **(details or {})}, default=str) + "\n")
+            f.write(json.dumps(row, default=str) + "\n")
 
     def summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "summary.json", summary)

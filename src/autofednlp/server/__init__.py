@@ -15,10 +15,11 @@ def make_run(
     transport: Transport,
     run_dir: Path,
     progress: str | bool = "lines",
+    resume: dict | None = None,
 ) -> FederatedRun:
     """The run for `cfg.strategy.name`: a fixed configuration, or AutoFedNLP's upgrades."""
     if cfg.strategy.name == "autofed":
         from autofednlp.server.autofed import AutoFedRun
 
-        return AutoFedRun(cfg, data, transport, Path(run_dir), progress)
-    return FederatedRun(cfg, data, transport, Path(run_dir), progress)
+        return AutoFedRun(cfg, data, transport, Path(run_dir), progress, resume)
+    return FederatedRun(cfg, data, transport, Path(run_dir), progress, resume)

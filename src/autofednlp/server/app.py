@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.config import get_project_dir
 from flwr.serverapp import Grid, ServerApp
 
 from autofednlp.config import ExperimentConfig, load_config, to_toml
@@ -35,17 +36,16 @@ class GridTransport:
             return
         content = RecordDict({"config": ConfigRecord({"experiment": self.experiment})})
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in new]
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        node_of_msg = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+        for reply in replies:
+            nid = node_of_msg.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                log.warning(
-                    "node %d did not identify itself: %s",
-                    reply.metadata.src_node_id,
-                    reply.error.reason,
-                )
+                log.warning("node %d did not identify itself: %s", nid, reply.error.reason)
                 continue
             ident = reply.content["identity"]
             pid = int(ident["partition_id"])
-            self.node_of[pid] = reply.metadata.src_node_id
+            self.node_of[pid] = nid
             self.device_of[pid] = str(ident["device"])
 
     def available_partitions(self) -> list[int]:
@@ -79,8 +79,12 @@ class GridTransport:
                 )
             )
         out = Delivery()
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
-            pid = pid_of.get(reply.metadata.src_node_id)
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        # Match replies by message id (set when sent): for a node that stopped sending
+        # heartbeats, Flower's SuperLink answers itself, with an error from node 1.
+        pid_of_msg = {m.metadata.message_id: pid_of[m.metadata.dst_node_id] for m in msgs}
+        for reply in replies:
+            pid = pid_of_msg.get(reply.metadata.reply_to_message_id)
             if pid is None:
                 continue
             if reply.has_error():
@@ -99,15 +103,36 @@ class GridTransport:
         return out
 
 
-def config_from_run_config(run_config: dict[str, Any]) -> ExperimentConfig:
-    """Deployment: `flwr run . --run-config 'config="exp.toml" set="federation.rounds=3"'`."""
+def submitted_app_dir(grid: Grid) -> Path | None:
+    """Where this process unpacked the app that `flwr run` submitted; None outside deployment."""
+    try:
+        run = grid.run
+        return get_project_dir(run.fab_id, run.fab_version, run.fab_hash)
+    except Exception:  # no run set (a test's grid) or an empty FAB id
+        return None
+
+
+def config_from_run_config(
+    run_config: dict[str, Any], app_dir: Path | None = None
+) -> ExperimentConfig:
+    """Deployment: `flwr run . --run-config 'config="exp.toml" set="federation.rounds=3"'`.
+
+    A relative `config` is looked up in the submitted app first (`configs/x.toml` is the file
+    the user packed, wherever the SuperLink was started), then in the working directory.
+    """
     path = str(run_config.get("config", "")) or None
+    if path and app_dir is not None and not Path(path).is_absolute():
+        if (app_dir / path).is_file():
+            path = str(app_dir / path)
     overrides = [s for s in str(run_config.get("set", "")).split(";") if s.strip()]
     return load_config(path, overrides)
 
 
 def make_server_app(
-    cfg: ExperimentConfig | None = None, run_dir: Path | None = None, progress: str | bool = "lines"
+    cfg: ExperimentConfig | None = None,
+    run_dir: Path | None = None,
+    progress: str | bool = "lines",
+    resume: dict | None = None,
 ) -> ServerApp:
     """A ServerApp bound to `cfg` (simulation), or reading its config from the run config."""
     server_app = ServerApp()
@@ -116,9 +141,11 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         from autofednlp.client.worker import client_data
 
-        c = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
+        c = cfg
+        if c is None:
+            c = config_from_run_config(dict(context.run_config), submitted_app_dir(grid))
         rd = run_dir if run_dir is not None else new_run_dir(c)
-        fed = make_run(c, client_data(c), GridTransport(grid, c), Path(rd), progress)
+        fed = make_run(c, client_data(c), GridTransport(grid, c), Path(rd), progress, resume)
         fed.run()
 
     return server_app

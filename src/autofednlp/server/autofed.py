@@ -50,9 +50,14 @@ class AutoFedRun(FederatedRun):
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
         policy = candidate_policy(st, self.model_for(self.spec).num_layers)
-        start_acc = self.evaluate("validation", self.spec, self.state)[0]
-        trajectory: list[dict[str, Any]] = []
-        server_round, trial, reached = 0, 0, False
+        saved = getattr(self, "_resumed_strategy", None)
+        if saved:
+            start_acc, trajectory = saved["start_acc"], saved["trajectory"]
+            trial, reached = saved["trial"], saved["reached"]
+        else:
+            start_acc = self.evaluate("validation", self.spec, self.state)[0]
+            trajectory, trial, reached = [], 0, False
+        server_round = self.next_round - 1
         while server_round < fed.rounds and not (fed.stop_at_target and reached):
             trial += 1
             groups = [
@@ -121,7 +126,21 @@ class AutoFedRun(FederatedRun):
             )
             for g in groups:
                 g.states.clear()
+            if self.cfg.federation.checkpoint_every > 0:
+                self.checkpoint(
+                    server_round + 1,
+                    {
+                        "start_acc": start_acc,
+                        "trajectory": trajectory,
+                        "trial": trial,
+                        "reached": reached,
+                    },
+                )
         return self.finish({"trajectory": trajectory, "trials": trial})
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        super().restore(ckpt)
+        self._resumed_strategy = ckpt["strategy"]
 
     def _advance(self, spent: list[RoundCost], duration_s: float) -> None:
         total = RoundCost(

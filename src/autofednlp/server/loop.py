@@ -36,7 +36,12 @@ from autofednlp.model.build import (
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
-from autofednlp.report.results import RunRecorder, human_duration, time_to_accuracy
+from autofednlp.report.results import (
+    RunRecorder,
+    human_duration,
+    save_checkpoint,
+    time_to_accuracy,
+)
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 
 log = logging.getLogger("autofednlp")
@@ -139,11 +144,12 @@ class FederatedRun:
         transport: Transport,
         run_dir: Path,
         progress: str | bool = "lines",
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
         self.transport = transport
-        self.recorder = RunRecorder(run_dir, cfg)
+        self.recorder = RunRecorder(run_dir, cfg, resume["rows"] if resume else ())
         self.run_id = run_id_for(run_dir)
         self.spec = TuneSpec(cfg.tune.kind, cfg.tune.depth, cfg.tune.width)
         self._models: dict[TuneSpec, EncoderClassifier] = {}
@@ -154,6 +160,41 @@ class FederatedRun:
         self.progress = ProgressPrinter(cfg.federation.rounds, progress)
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()
+        self.next_round = 1
+        if resume:
+            self.restore(resume)
+
+    def checkpoint(self, next_round: int, strategy: dict[str, Any] | None = None) -> None:
+        """Everything needed to continue exactly: weights, configuration, simulated clock,
+        sampling RNG, the rows so far and the strategy's own state."""
+        save_checkpoint(
+            self.recorder.run_dir,
+            {
+                "next_round": next_round,
+                "spec": dataclasses.asdict(self.spec),
+                "state": self.state,
+                "clock": self.clock.state(),
+                "rng": self.rng.getstate(),
+                "rows": self.recorder.rows,
+                "wall_s": time.monotonic() - self._t0,
+                "time_ns": time.time_ns(),
+                "strategy": strategy or {},
+            },
+        )
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.next_round = ckpt["next_round"]
+        self.spec = TuneSpec(**ckpt["spec"])
+        self.state = ckpt["state"]
+        for k, v in ckpt["clock"].items():
+            setattr(self.clock, k, v)
+        self.rng.setstate(ckpt["rng"])
+        self._t0 = time.monotonic() - ckpt["wall_s"]
+        self.progress.bytes = sum(r["bytes_up"] + r["bytes_down"] for r in ckpt["rows"])
+
+    def due(self, count: int) -> bool:
+        every = self.cfg.federation.checkpoint_every
+        return every > 0 and count % every == 0
 
     def model_for(self, spec: TuneSpec) -> EncoderClassifier:
         if spec not in self._models:
@@ -271,7 +312,7 @@ class FederatedRun:
 
     def run(self) -> dict[str, Any]:
         fed = self.cfg.federation
-        for r in range(1, fed.rounds + 1):
+        for r in range(self.next_round, fed.rounds + 1):
             clients = self.sample(fed.clients_per_round)
             (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
             self.state = res.state
@@ -282,6 +323,8 @@ class FederatedRun:
                 row["val_accuracy"], row["val_loss"] = self.evaluate("validation")
             row["sim_time_s"] = self.clock.time_s
             self.record(row)
+            if self.due(r):
+                self.checkpoint(r + 1)
             reached = row["val_accuracy"] is not None and row["val_accuracy"] >= fed.target_accuracy
             if fed.stop_at_target and reached:
                 break
@@ -322,5 +365,6 @@ class FederatedRun:
             resolve_model_path(self.cfg.model.name),
             self.recorder.run_dir / "export",
         )
+        self.checkpoint(len(rows) + 1, {"finished": True})
         self.recorder.summary(summary)  # last: its presence marks a finished run
         return summary

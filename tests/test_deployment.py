@@ -1,0 +1,332 @@
+"""Flower's deployment engine for real, on 127.0.0.1: a TLS SuperLink with SuperNode
+authentication, three SuperNodes, `flwr run .` of AutoFedNLP from the repository root, and one
+SuperNode killed while it trains. docs/deploy.md gives the same steps for several machines."""
+
+import csv
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+
+from autofednlp.deploy.certs import main as certs_main
+from autofednlp.deploy.certs import make_node_key, make_trial_certs
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr live here
+
+# A few rounds of AutoFedNLP on a tiny slice of BBC News with the packaged MiniLM. Depth 0 with
+# width 8 gives two candidates (keep, deeper), so a round samples one or two of the three nodes.
+# A healthy round takes 20-35 s here (a new ClientApp process per message loads the model), so a
+# 60 s timeout only cuts off the node that is gone.
+RUN_OVERRIDES = [
+    "data.max_samples=150",
+    "data.max_length=32",
+    "data.num_clients=3",
+    "federation.clients_per_round=3",
+    "federation.rounds=4",
+    "federation.round_timeout_s=60",
+    "strategy.name=autofed",
+    "strategy.trial_rounds=1",
+    "tune.depth=0",
+    "tune.width=8",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class Processes:
+    """Every process this test starts, each in its own session, logged to a file, and stopped
+    with all its descendants (Flower's SuperExec and app processes) whatever happens."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], cwd: Path) -> None:
+        self.log_dir, self.env, self.cwd = log_dir, env, cwd
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, program: str, *args: str, cwd: Path | None = None):
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [str(BIN / program), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=cwd or self.cwd,
+            start_new_session=True,
+        )
+        log.close()
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def wait(self, name: str, timeout_s: float) -> int:
+        try:
+            return self.procs[name].wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} still running after {timeout_s} s:\n{self.log(name)[-3000:]}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process and its descendants at once: a device that dies."""
+        for p in _tree(self.procs[name].pid):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.procs[name].wait(timeout=30)
+
+    def stop_all(self, grace_s: float = 15.0) -> list[psutil.Process]:
+        """SIGTERM everything (SuperNodes then leave cleanly), SIGKILL what is left after
+        `grace_s`; returns what still lives (should be nothing)."""
+        procs = [p for proc in self.procs.values() for p in _tree(proc.pid)]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=10)
+        for proc in self.procs.values():
+            proc.poll()
+        return alive
+
+    def wait_for_line(self, name: str, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log(name):
+            if self.procs[name].poll() is not None:
+                pytest.fail(f"{name} exited before {text!r}:\n{self.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} from {name} in {timeout_s} s:\n{self.log(name)[-3000:]}")
+            time.sleep(0.5)
+
+
+# Certificates and keys (fast).
+
+
+def test_trial_certs_name_the_host_and_chain_to_the_ca(tmp_path):
+    certs = make_trial_certs(tmp_path, ["10.1.2.3", "link.example.org"], days=30)
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("10.1.2.3"),
+        ipaddress.ip_address("127.0.0.1"),  # the SuperLink's own SuperExec connects there
+    }
+    assert set(san.get_values_for_type(x509.DNSName)) == {"link.example.org", "localhost"}
+    key = load_pem_private_key(certs.server_key.read_bytes(), None)
+    assert key.public_key().public_numbers() == server.public_key().public_numbers()
+    for private in (certs.ca_key, certs.server_key):
+        assert private.stat().st_mode & 0o777 == 0o600
+
+
+def test_node_key_is_an_openssh_p384_pair(tmp_path):
+    private, public = make_node_key(tmp_path, "node7")
+    key = load_ssh_private_key(private.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    kind, blob, comment = public.read_text().split()
+    assert (kind, comment) == ("ecdsa-sha2-nistp384", "node7")
+    assert private.stat().st_mode & 0o777 == 0o600
+
+
+def test_certs_command_writes_every_file(tmp_path, capsys):
+    assert certs_main(["--host", "127.0.0.1", "--out", str(tmp_path), "--node-keys", "2"]) == 0
+    names = {"ca.crt", "ca.key", "server.crt", "server.key", "node0", "node0.pub", "node1"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    assert str(tmp_path / "server.crt") in capsys.readouterr().out
+
+
+# The Flower app (fast, and slow where Flower packs the repository).
+
+
+def test_pyproject_is_a_valid_flower_app():
+    from flwr.common.config import validate_config
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    valid, errors, _ = validate_config(config, check_module=True, project_dir=REPO)
+    assert valid, errors
+    assert config["tool"]["flwr"]["app"]["config"] == {"config": "", "set": ""}
+    assert "federations" not in config["tool"]["flwr"]  # `flwr run` would rewrite the file
+
+
+def test_relative_config_is_read_from_the_submitted_app(tmp_path):
+    from autofednlp.server.app import config_from_run_config
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "exp.toml").write_text('name = "from-fab"\n[federation]\nrounds = 7\n')
+    run_config = {"config": "configs/exp.toml", "set": "federation.rounds=3; data.max_length=32"}
+    cfg = config_from_run_config(run_config, app_dir=tmp_path)
+    assert (cfg.name, cfg.federation.rounds, cfg.data.max_length) == ("from-fab", 3, 32)
+
+
+@pytest.mark.slow
+def test_fab_holds_the_sources_not_the_venv():
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(REPO)
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert "src/autofednlp/server/app.py" in names and "configs/default.toml" in names
+    assert not [n for n in names if n.startswith((".venv/", "runs/")) or "/test_" in n]
+    assert len(fab) < 1_000_000, len(fab)
+
+
+# The deployment engine end to end (slow: about 3-4 minutes on two busy cores).
+
+
+def _rows(run_root: Path) -> list[dict[str, str]]:
+    files = sorted(run_root.glob("*/rounds.csv"))
+    if not files:
+        return []
+    with files[0].open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
+    certs = make_trial_certs(tmp_path / "certs", ["127.0.0.1"])
+    keys = {n: make_node_key(tmp_path / "keys", n) for n in ("node0", "node1", "node2", "spare")}
+    rogue_key, _ = make_node_key(tmp_path / "keys", "rogue")  # never registered
+    port = free_port()
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "trial"\n\n[superlink.trial]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{certs.ca_cert}"\n'
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # SuperLink spawns SuperExec
+        "FLWR_HOME": str(flwr_home),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    link_dir = tmp_path / "superlink"  # its working directory: the ServerApp's too
+    link_dir.mkdir()
+    run_root = tmp_path / "runs"
+    procs = Processes(tmp_path, env, cwd=tmp_path)
+    tls = ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert)]
+    t_start = time.monotonic()
+    try:
+        procs.start(
+            "superlink",
+            "flower-superlink",
+            *tls,
+            "--ssl-keyfile", str(certs.server_key),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--database", str(tmp_path / "superlink.db"),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            cwd=link_dir,
+        )  # fmt: skip
+        procs.wait_for_line("superlink", "Uvicorn running on https://", 60)
+        for name, (_, public) in keys.items():
+            procs.start(f"register-{name}", "flwr", "supernode", "register", str(public), "trial")
+        for name in keys:
+            assert procs.wait(f"register-{name}", 60) == 0, procs.log(f"register-{name}")
+
+        def supernode(name: str, *args: str) -> None:
+            procs.start(name, "flower-supernode", "--superlink", f"127.0.0.1:{port}",
+                        "--port", str(free_port()), *args)  # fmt: skip
+
+        for i in range(3):
+            supernode(
+                f"node{i}",
+                "--root-certificates", str(certs.ca_cert),
+                "--auth-supernode-private-key", str(keys[f"node{i}"][0]),
+                "--node-config", f"partition-id={i} num-partitions=3",
+            )  # fmt: skip
+        # Refused: a SuperNode that does not trust our CA, and one whose key is not registered.
+        supernode("no-ca", "--auth-supernode-private-key", str(keys["spare"][0]),
+                  "--node-config", "partition-id=0", "--max-retries", "1")  # fmt: skip
+        supernode("rogue", "--root-certificates", str(certs.ca_cert),
+                  "--auth-supernode-private-key", str(rogue_key),
+                  "--node-config", "partition-id=0", "--max-retries", "1")  # fmt: skip
+        for i in range(3):
+            procs.wait_for_line(f"node{i}", "SuperNode ID:", 60)
+        assert procs.wait("no-ca", 60) != 0
+        assert "CERTIFICATE_VERIFY_FAILED" in procs.log("no-ca")
+        assert procs.wait("rogue", 60) != 0
+        assert "Failed to activate SuperNode" in procs.log("rogue")
+        t_ready = time.monotonic()
+
+        overrides = ";".join([*RUN_OVERRIDES, f"output_dir={run_root}"])
+        run = procs.start(
+            "flwr-run",
+            "flwr", "run", ".", "trial",
+            "--run-config", f'config="configs/default.toml" set="{overrides}"',
+            "--stream",
+            cwd=REPO,
+        )  # fmt: skip
+        killed, deadline = None, time.monotonic() + 480
+        while run.poll() is None:
+            assert time.monotonic() < deadline, procs.log("flwr-run")[-5000:]
+            if killed is None and any(r["round"] == "1" for r in _rows(run_root)):
+                # Round 1 is recorded; kill the first node that receives a round-2 task,
+                # while its ClientApp is still loading: it never replies.
+                for i in range(3):
+                    if "ROUND 2]" in procs.log(f"node{i}"):
+                        procs.kill(f"node{i}")
+                        killed = i
+                        break
+            time.sleep(1)
+        t_done = time.monotonic()
+        out = procs.log("flwr-run")
+        assert run.returncode == 0, out[-5000:]
+    finally:
+        survivors = procs.stop_all()
+    assert not survivors, survivors
+
+    assert killed is not None, out[-5000:]
+    summaries = list(run_root.glob("*/summary.json"))
+    assert summaries, out[-5000:]
+    summary = json.loads(summaries[0].read_text())
+    assert summary["rounds"] == 4
+    rows = _rows(run_root)
+    failed = [r for r in rows if str(killed) in r["failed_clients"].split()]
+    assert failed and all(int(r["round"]) >= 2 for r in failed), rows
+    assert f"client {killed} failed" in out
+    first = max(float(r["val_accuracy"]) for r in rows if r["round"] == "1")
+    final, chance = summary["final_val_accuracy"], 1 / 5
+    assert final > first or final >= 2 * chance, (summary, rows)
+
+    walls = {int(r["round"]): float(r["wall_time_s"]) for r in rows}
+    per_round = [round(walls[r] - walls[r - 1], 1) for r in sorted(walls) if r - 1 in walls]
+    print(
+        f"\ndeployment: ready in {t_ready - t_start:.0f} s, flwr run {t_done - t_ready:.0f} s, "
+        f"round 1 done at {walls[1]:.0f} s of the ServerApp, later rounds {per_round} s, "
+        f"killed node{killed}; failed rows: {[(r['round'], r['failed_clients']) for r in failed]}"
+    )
