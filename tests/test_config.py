@@ -65,6 +65,7 @@ def test_file_then_overrides(tmp_path):
         ("federation.target_accuracy=1.5", "federation.target_accuracy"),
         ("data=3", "data must be a table"),
         ("rounds", "expected key=value"),
+        ("data.num_clients=0", "data.num_clients = 0"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_field(override, fragment):
@@ -106,3 +107,10 @@ def test_shipped_configs_parse(path):
 
 def test_there_are_shipped_configs():
     assert len(CONFIGS) >= 2
+
+
+def test_autofed_width_must_be_a_multiple_of_the_step():
+    with pytest.raises(
+        ConfigError, match="tune.width = 12: must be a multiple of strategy.width_step"
+    ):
+        load_config(None, ["strategy.name=autofed", "tune.width=12"])

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from autofednlp.deploy.certs import main as certs_main
 from autofednlp.deploy.certs import make_node_key, make_trial_certs
@@ -187,6 +189,54 @@ def test_relative_config_is_read_from_the_submitted_app(tmp_path):
     run_config = {"config": "configs/exp.toml", "set": "federation.rounds=3; data.max_length=32"}
     cfg = config_from_run_config(run_config, app_dir=tmp_path)
     assert (cfg.name, cfg.federation.rounds, cfg.data.max_length) == ("from-fab", 3, 32)
+
+
+class LostNodeGrid:
+    """Node 11 answers, node 12 stopped sending heartbeats (the SuperLink answers for it, as
+    flwr 1.42 does), node 13 is silent until the timeout."""
+
+    def get_node_ids(self):
+        return [11, 12, 13]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.server.superlink.linkstate.utils import (
+            create_message_error_unavailable_res_message,
+        )
+
+        replies = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id  # what Grid.push_messages does
+            if m.metadata.dst_node_id == 11:
+                content = RecordDict(
+                    {
+                        "arrays": m.content["arrays"],
+                        "metrics": ConfigRecord({"num_examples": 4, "train_loss": 0.5}),
+                    }
+                )
+                replies.append(Message(content, reply_to=m))
+            elif m.metadata.dst_node_id == 12:
+                replies.append(create_message_error_unavailable_res_message(m.metadata, "x"))
+        return replies
+
+
+def test_grid_transport_names_the_lost_client_and_why(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from autofednlp.config import load_config
+    from autofednlp.model.kinds import TuneSpec
+    from autofednlp.server.app import GridTransport
+    from autofednlp.server.loop import TrainTask
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=3"])
+    transport = GridTransport(LostNodeGrid(), cfg)
+    transport.node_of = {0: 11, 1: 12, 2: 13}  # as discovered
+    spec, state = TuneSpec("bottleneck", 1, 8), {"w": torch.zeros(3)}
+    out = transport.train([TrainTask(p, spec, state, server_round=2) for p in range(3)])
+    assert [r.partition_id for r in out.replies] == [0]
+    assert out.failed[1].startswith("Error: Node Unavailable")
+    assert out.failed[2] == "no reply before the round timeout"
 
 
 @pytest.mark.slow

@@ -330,6 +330,12 @@ class ExperimentConfig:
                 "strategy autofed grows adapters: use bottleneck or lora",
             )
             _check(
+                self.tune.width % self.strategy.width_step == 0,
+                "tune.width",
+                self.tune.width,
+                f"must be a multiple of strategy.width_step ({self.strategy.width_step})",
+            )
+            _check(
                 self.tune.width <= self.strategy.max_width,
                 "tune.width",
                 self.tune.width,
