@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def methods(suite: str, quick: bool) -> list[Method]:
     nocache = "client.activation_cache=false"
     full = [Method("full fine-tuning", "full", ("tune.kind=full", nocache), 8 if quick else 12)]
     freeze = [
-        Method(f"freeze top {d}", "freeze", ("tune.kind=freeze", f"tune.depth={d}", nocache), 30)
+        Method(f"freeze top {d}", "freeze", ("tune.kind=freeze", f"tune.depth={d}", nocache), 12)
         for d in ((1, 2) if quick else (1, 2, 4))
     ]
     grid = [(1, 8), (2, 32)] if quick else [(d, w) for d in (1, 2, 4, 6) for w in (8, 32, 64)]
@@ -52,7 +53,7 @@ def methods(suite: str, quick: bool) -> list[Method]:
             f"adapters d={d} w={w}",
             "fixed",
             ("tune.kind=bottleneck", f"tune.depth={d}", f"tune.width={w}", nocache),
-            30,
+            20,
         )
         for d, w in grid
     ]
@@ -66,7 +67,8 @@ def methods(suite: str, quick: bool) -> list[Method]:
     return full + freeze + fixed + autofed
 
 
-def run_method(m: Method, common: list[str], out: Path) -> dict:
+def run_method(m: Method, common: list[str], out: Path, reuse: bool) -> dict:
+    name = m.name.replace(" ", "_").replace("=", "").replace(",", "").replace("+", "with")
     cfg = load_config(
         None,
         [
@@ -74,13 +76,18 @@ def run_method(m: Method, common: list[str], out: Path) -> dict:
             *m.overrides,
             f"federation.rounds={m.max_rounds}",
             "federation.stop_at_target=true",
-            f'name="{m.name.replace(" ", "_").replace("=", "").replace(",", "")}"',
+            f'name="{name}"',
             f'output_dir="{out / "runs"}"',
         ],
     )
     t0 = time.monotonic()
-    summary = run_experiment(cfg, progress=False)
-    rows = list(csv.DictReader(open(Path(summary["run_dir"]) / "rounds.csv")))
+    done = out / "runs" / name
+    if reuse and (done / "summary.json").exists() and load_config(done / "config.toml") == cfg:
+        summary = json.loads((done / "summary.json").read_text())
+    else:
+        shutil.rmtree(done, ignore_errors=True)
+        summary = run_experiment(cfg, run_dir=str(done), progress=False)
+    rows = list(csv.DictReader(open(done / "rounds.csv")))
     curve = [(float(r["sim_time_s"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
     tta = summary["time_to_accuracy"]
     return {
@@ -165,6 +172,11 @@ def main() -> int:
     p.add_argument("--engine", default="inprocess", choices=["inprocess", "simulation"])
     p.add_argument("--out", default="benchmarks/results/time_to_accuracy")
     p.add_argument("--set", action="append", default=[], help="extra config override")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a method's finished run in --out when its configuration is identical",
+    )
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +198,7 @@ def main() -> int:
     todo = methods(args.suite, args.quick)
     for i, m in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {m.name} ...", file=sys.stderr, flush=True)
-        r = run_method(m, common, out)
+        r = run_method(m, common, out, args.reuse)
         print(
             f"    rounds {r['rounds']}, time to target {_fmt(r['tta_s'], '.2f', 'not reached')} s, "
             f"test acc {r['test_accuracy']:.3f}, wall {r['wall_s']:.0f} s",

@@ -30,11 +30,11 @@ COMPARED = [
 def _argv(tiny_model_dir, *extra):
     sets = [
         f'model.name="{tiny_model_dir}"',
-        "data.max_samples=200",
+        "data.max_samples=120",
         "data.max_length=32",
-        "data.num_clients=10",
-        "federation.clients_per_round=6",
-        "federation.rounds=8",
+        "data.num_clients=8",
+        "federation.clients_per_round=4",
+        "federation.rounds=6",
         "federation.engine=inprocess",
         "federation.checkpoint_every=1",
         *extra,
@@ -76,7 +76,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
     cut = tmp_path / "cut"
     cmd, env = _cli(*argv, "--run-dir", str(cut))
     proc = subprocess.Popen(cmd, env=env)
-    kill_after = random.Random().randint(2, 5)  # rows written, so a checkpoint exists
+    kill_after = random.Random().randint(2, 4)  # rows written, so a checkpoint exists
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         rows = (
