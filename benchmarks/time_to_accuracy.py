@@ -64,7 +64,9 @@ def methods(suite: str, quick: bool) -> list[Method]:
     ]
     if suite == "baselines":
         return full + freeze + fixed
-    return full + freeze + fixed + autofed
+    # AutoFedNLP before the long grid: partial results (written after every method) then
+    # already hold the comparison that matters most.
+    return full + freeze + autofed + fixed
 
 
 def run_method(m: Method, common: list[str], out: Path, reuse: bool) -> dict:
@@ -206,9 +208,16 @@ def main() -> int:
             flush=True,
         )
         results.append(r)
+        write_results(results, args, out)
+    print(write_results(results, args, out))
+    print(f"\nresults in {out}/ (results.csv, results.json, accuracy_vs_time.png)")
+    return 0
+
+
+def write_results(results: list[dict], args: argparse.Namespace, out: Path) -> str:
+    """Table, CSV, JSON and plot of the methods run so far (rewritten after each one)."""
     add_ratios(results)
     table = print_table(results, args.target)
-    print(table)
     (out / "table.txt").write_text(table + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         cols = [k for k in results[0] if k != "curve"]
@@ -219,8 +228,7 @@ def main() -> int:
         json.dumps({"args": vars(args), "results": results}, indent=1)
     )
     plot(results, args.target, out / "accuracy_vs_time.png")
-    print(f"\nresults in {out}/ (results.csv, results.json, accuracy_vs_time.png)")
-    return 0
+    return table
 
 
 if __name__ == "__main__":
