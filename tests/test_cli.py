@@ -8,10 +8,8 @@ import torch
 from autofednlp.cli import main
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    args = [
+def _small(tiny_model_dir):
+    return [
         f'model.name="{tiny_model_dir}"',
         "data.max_samples=120",
         "data.max_length=32",
@@ -19,9 +17,13 @@ def finished_run(tiny_model_dir, tmp_path_factory):
         "federation.clients_per_round=3",
         "federation.rounds=2",
         "federation.engine=inprocess",
-        "tune.depth=1",
-        "tune.width=8",
     ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    args = [*_small(tiny_model_dir), "tune.depth=1", "tune.width=8"]
     run_dir = out / "run"
     sets = [x for a in args for x in ("--set", a)]
     assert main(["run", *sets, "--run-dir", str(run_dir), "--progress", "quiet"]) == 0
@@ -29,15 +31,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_json_progress_is_one_object_per_round(tiny_model_dir, tmp_path, capsys):
-    sets = [
-        f'model.name="{tiny_model_dir}"',
-        "data.max_samples=120",
-        "data.max_length=32",
-        "data.num_clients=6",
-        "federation.clients_per_round=3",
-        "federation.rounds=2",
-        "federation.engine=inprocess",
-    ]
+    sets = _small(tiny_model_dir)
     argv = ["run", *[x for s in sets for x in ("--set", s)], "--run-dir", str(tmp_path / "r")]
     assert main([*argv, "--progress", "json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -31,6 +31,10 @@ def _check(cond: bool, name: str, value: Any, why: str) -> None:
         raise ConfigError(f"{name} = {value!r}: {why}")
 
 
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, name, value, f"must be one of {', '.join(allowed)}")
+
+
 PARTITIONERS = ("iid", "dirichlet", "shard")
 TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
 OPTIMIZERS = ("adamw", "sgd")
@@ -69,12 +73,7 @@ class DataConfig:
             v = getattr(self, name)
             _check(0 < v < 0.5, f"data.{name}", v, "must be in (0, 0.5)")
         _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "must be >= 1")
-        _check(
-            self.partitioner in PARTITIONERS,
-            "data.partitioner",
-            self.partitioner,
-            f"must be one of {', '.join(PARTITIONERS)}",
-        )
+        _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
         _check(self.alpha > 0, "data.alpha", self.alpha, "must be > 0")
         _check(
             self.shards_per_client >= 1,
@@ -95,12 +94,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "model.name", self.name, "must not be empty")
-        _check(
-            self.pooling in POOLINGS,
-            "model.pooling",
-            self.pooling,
-            f"must be one of {', '.join(POOLINGS)}",
-        )
+        _check_choice("model.pooling", self.pooling, POOLINGS)
 
 
 @dataclass(frozen=True)
@@ -114,12 +108,7 @@ class TuneConfig:
     width: int = _f(32, "adapter bottleneck dimension (bottleneck) or rank (lora)")
 
     def __post_init__(self) -> None:
-        _check(
-            self.kind in TUNE_KINDS,
-            "tune.kind",
-            self.kind,
-            f"must be one of {', '.join(TUNE_KINDS)}",
-        )
+        _check_choice("tune.kind", self.kind, TUNE_KINDS)
         _check(self.depth >= 0, "tune.depth", self.depth, "must be >= 0")
         _check(self.width >= 1, "tune.width", self.width, "must be >= 1")
 
@@ -148,12 +137,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         _check(self.local_epochs >= 1, "client.local_epochs", self.local_epochs, "must be >= 1")
         _check(self.batch_size >= 1, "client.batch_size", self.batch_size, "must be >= 1")
-        _check(
-            self.optimizer in OPTIMIZERS,
-            "client.optimizer",
-            self.optimizer,
-            f"must be one of {', '.join(OPTIMIZERS)}",
-        )
+        _check_choice("client.optimizer", self.optimizer, OPTIMIZERS)
         _check(self.learning_rate >= 0, "client.learning_rate", self.learning_rate, "must be >= 0")
         _check(self.weight_decay >= 0, "client.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.max_grad_norm >= 0, "client.max_grad_norm", self.max_grad_norm, "must be >= 0")
@@ -212,12 +196,7 @@ class FederationConfig:
             self.num_cpus_per_client,
             "must be > 0",
         )
-        _check(
-            self.engine in ENGINES,
-            "federation.engine",
-            self.engine,
-            f"must be one of {', '.join(ENGINES)}",
-        )
+        _check_choice("federation.engine", self.engine, ENGINES)
         _check(
             self.round_timeout_s >= 0,
             "federation.round_timeout_s",
@@ -263,8 +242,7 @@ class StrategyConfig:
             ("budget", BUDGETS),
             ("candidates", CANDIDATE_POLICIES),
         ):
-            v = getattr(self, name)
-            _check(v in allowed, f"strategy.{name}", v, f"must be one of {', '.join(allowed)}")
+            _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         for name in ("depth_step", "width_step", "trial_rounds", "max_group_rounds"):
             _check(
                 getattr(self, name) >= 1, f"strategy.{name}", getattr(self, name), "must be >= 1"
