@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,37 @@ log = logging.getLogger("autofednlp")
 class GridTransport:
     """Maps client (partition) ids to Flower node ids and carries train tasks as Messages."""
 
-    def __init__(self, grid: Grid, cfg: ExperimentConfig) -> None:
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, start_wait_s: float = 600.0) -> None:
         self.grid = grid
         self.cfg = cfg
         self.experiment = to_toml(cfg)
         self.timeout = cfg.federation.round_timeout_s or None
+        self.start_wait_s = start_wait_s
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.device_of: dict[int, str] = {}
+        self._started = False
+
+    def wait_for_nodes(self, poll_s: float = 2.0) -> None:
+        """Wait until `clients_per_round` SuperNodes are connected, for at most `start_wait_s`.
+
+        Flower starts the ServerApp as soon as `flwr run` is called, devices or not; without
+        this wait the first rounds would sample nobody and train nothing. Later rounds go on
+        with the nodes alive (waiting then would hang on a lost device).
+        """
+        want = self.cfg.federation.clients_per_round
+        deadline = time.monotonic() + self.start_wait_s
+        last_note = 0.0
+        while (have := len(list(self.grid.get_node_ids()))) < want:
+            now = time.monotonic()
+            if now >= deadline:
+                if have == 0:
+                    raise RuntimeError(f"no SuperNode connected within {self.start_wait_s:.0f} s")
+                log.warning("starting with %d of %d SuperNodes", have, want)
+                return
+            if now - last_note >= 30:
+                log.warning("waiting for SuperNodes: %d of %d connected", have, want)
+                last_note = now
+            time.sleep(poll_s)
 
     def _discover(self, node_ids: list[int]) -> None:
         known = set(self.node_of.values())
@@ -49,6 +74,9 @@ class GridTransport:
             self.device_of[pid] = str(ident["device"])
 
     def available_partitions(self) -> list[int]:
+        if not self._started:
+            self.wait_for_nodes()
+            self._started = True
         alive = list(self.grid.get_node_ids())
         self._discover(alive)
         alive_set = set(alive)
