@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--steps", type=int, default=5, help="timed steps (default: %(default)s)")
     profile.add_argument("--save", help="write the profile to this .json file")
     profile.set_defaults(func=cmd_profile)
+    bench = sub.add_parser(
+        "bench",
+        help="time real training steps here: full fine-tuning vs adapters vs adapters + cache",
+    )
+    from autofednlp import bench as bench_module
+
+    bench_module.add_arguments(bench)
+    bench.set_defaults(func=bench_module.run)
     datasets = sub.add_parser("datasets", help="list the datasets you can use")
     datasets.set_defaults(func=cmd_datasets)
     devices = sub.add_parser("devices", help="list the device profiles of the cost model")
