@@ -12,9 +12,8 @@ from functools import lru_cache
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from autofednlp.client.worker import client_device, train_round
 from autofednlp.config import ExperimentConfig, from_dict
-from autofednlp.model.kinds import TuneSpec
+from autofednlp.cost.devices import client_device
 
 app = ClientApp()
 
@@ -44,6 +43,10 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    # torch and transformers load only here: an identity query stays light
+    from autofednlp.client.worker import train_round
+    from autofednlp.model.kinds import TuneSpec
+
     conf = msg.content["config"]
     cfg = _experiment(str(conf["experiment"]))
     pid, device = _identity(context, cfg)

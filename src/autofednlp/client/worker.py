@@ -13,7 +13,7 @@ import torch
 from autofednlp.client.cache import ActivationCache
 from autofednlp.client.train import local_train
 from autofednlp.config import ExperimentConfig
-from autofednlp.cost.devices import assign_devices, get_profile
+from autofednlp.cost.devices import client_device, get_profile
 from autofednlp.data.federated import FederatedData, default_cache_dir, load_federated_data
 from autofednlp.model.build import (
     build_model,
@@ -32,11 +32,6 @@ _MODELS: dict[tuple, EncoderClassifier] = {}
 
 def client_data(cfg: ExperimentConfig) -> FederatedData:
     return load_federated_data(cfg.data, resolve_model_path(cfg.model.name), cfg.seed)
-
-
-def client_device(cfg: ExperimentConfig, partition_id: int) -> str:
-    """The device profile a client runs on: drawn from the configured mix by client id."""
-    return assign_devices(cfg.data.num_clients, cfg.cost.devices, cfg.seed)[partition_id]
 
 
 def _model_for(cfg: ExperimentConfig, num_labels: int, spec: TuneSpec) -> EncoderClassifier:

@@ -14,7 +14,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autofednlp.config import ConfigError
+from autofednlp.config import ConfigError, ExperimentConfig
 from autofednlp.cost.flops import BERT_BASE, TrainedPart, train_step_flops
 
 CALIBRATION_BATCH = 4
@@ -118,3 +118,8 @@ def assign_devices(num_clients: int, mix: dict[str, float], seed: int) -> list[s
     devices = [n for n in names for _ in range(counts[n])]
     random.Random(seed).shuffle(devices)
     return devices
+
+
+def client_device(cfg: ExperimentConfig, partition_id: int) -> str:
+    """The device profile a client runs on: drawn from the configured mix by client id."""
+    return assign_devices(cfg.data.num_clients, cfg.cost.devices, cfg.seed)[partition_id]
