@@ -109,69 +109,78 @@ def _zero_output(module: nn.Module, names: tuple[str, ...]) -> None:
             nn.init.zeros_(p)
 
 
-class BottleneckKind(TuneKind):
+class AdapterKind(TuneKind):
+    """Adds modules to the top `depth` layers and trains only those (plus the head).
+
+    Subclasses `inject` the modules; the output side of what they add starts at zero
+    (`zero_fragments`), so adding them leaves the model's predictions unchanged.
+    """
+
+    default_learning_rate = 5e-3
+    trainable_fragment: ClassVar[str]  # names of the added parameters contain this
+    zero_fragments: ClassVar[tuple[str, ...]]
+
+    def inject(self, model: EncoderClassifier, spec: TuneSpec, boundary: int) -> None:
+        raise NotImplementedError
+
+    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+        boundary = spec.boundary(model.num_layers)
+        if boundary < model.num_layers:
+            self.inject(model, spec, boundary)
+            _zero_output(model.encoder, self.zero_fragments)
+        super().apply(model, spec)
+        for name, p in model.encoder.named_parameters():
+            if self.trainable_fragment in name:
+                p.requires_grad_(True)
+
+
+class BottleneckKind(AdapterKind):
     """Sequential bottleneck adapters (Houlsby-style, after the feed-forward block; the
     `adapters` library's SeqBnConfig) in the top `depth` layers."""
 
     name = "bottleneck"
-    default_learning_rate = 5e-3
     cost_kind = "bottleneck"
+    trainable_fragment = f"adapters.{ADAPTER_NAME}."
+    zero_fragments = ("adapter_up",)
 
-    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+    def inject(self, model: EncoderClassifier, spec: TuneSpec, boundary: int) -> None:
         import adapters
         from adapters import SeqBnConfig
 
-        n = model.num_layers
-        boundary = spec.boundary(n)
-        if boundary < n:
-            hidden = model.encoder.config.hidden_size
-            adapters.init(model.encoder)
-            config = SeqBnConfig(
-                reduction_factor=hidden / spec.width, leave_out=list(range(boundary))
-            )
-            model.encoder.add_adapter(ADAPTER_NAME, config=config, set_active=True)
-            _zero_output(model.encoder, ("adapter_up",))
-            widths = {
-                p.shape[0]
-                for name, p in model.encoder.named_parameters()
-                if "adapter_down" in name and name.endswith("weight")
-            }
-            if widths != {spec.width}:
-                raise ValueError(f"adapters built with widths {widths}, expected {spec.width}")
-        super().apply(model, spec)
-        for name, p in model.encoder.named_parameters():
-            if f"adapters.{ADAPTER_NAME}." in name:
-                p.requires_grad_(True)
+        hidden = model.encoder.config.hidden_size
+        adapters.init(model.encoder)
+        config = SeqBnConfig(reduction_factor=hidden / spec.width, leave_out=list(range(boundary)))
+        model.encoder.add_adapter(ADAPTER_NAME, config=config, set_active=True)
+        widths = {
+            p.shape[0]
+            for name, p in model.encoder.named_parameters()
+            if "adapter_down" in name and name.endswith("weight")
+        }
+        if widths != {spec.width}:
+            raise ValueError(f"adapters built with widths {widths}, expected {spec.width}")
 
 
-class LoraKind(TuneKind):
+class LoraKind(AdapterKind):
     """LoRA (peft) of rank `width` on the attention query and value projections of the top
     `depth` layers."""
 
     name = "lora"
-    default_learning_rate = 5e-3
     cost_kind = "lora"
+    trainable_fragment = "lora_"
+    zero_fragments = ("lora_B",)  # peft's default too: stated, not assumed
 
-    def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
+    def inject(self, model: EncoderClassifier, spec: TuneSpec, boundary: int) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
-        n = model.num_layers
-        boundary = spec.boundary(n)
-        if boundary < n:
-            config = LoraConfig(
-                r=spec.width,
-                lora_alpha=spec.width,
-                target_modules=["query", "value"],
-                layers_to_transform=list(range(boundary, n)),
-                layers_pattern="layer",
-                lora_dropout=0.0,
-            )
-            inject_adapter_in_model(config, model.encoder)
-            _zero_output(model.encoder, ("lora_B",))  # peft's default too: stated, not assumed
-        super().apply(model, spec)
-        for name, p in model.encoder.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
+        config = LoraConfig(
+            r=spec.width,
+            lora_alpha=spec.width,
+            target_modules=["query", "value"],
+            layers_to_transform=list(range(boundary, model.num_layers)),
+            layers_pattern="layer",
+            lora_dropout=0.0,
+        )
+        inject_adapter_in_model(config, model.encoder)
 
 
 for _k in (FullKind(), FreezeKind(), BottleneckKind(), LoraKind()):
