@@ -1,5 +1,6 @@
 """The experiment config: parsing, overrides, one-line errors, and every shipped file."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ def test_defaults_are_the_bundled_experiment():
     assert cfg.data.dataset == "bbc_news" and cfg.data.num_clients == 100
     assert cfg.model.name == "minilm" and cfg.tune.kind == "bottleneck"
     assert cfg.federation.clients_per_round == 15 and cfg.data.max_length == 128
+
+
+def test_default_toml_spells_out_every_key_with_its_default():
+    path = Path(__file__).parent.parent / "configs" / "default.toml"
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    spelled = {
+        f"{k}.{kk}" if isinstance(v, dict) else k: vv
+        for k, v in table.items()
+        for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])
+    }
+    assert set(spelled) == {name for name, _, _ in describe_fields()}
+    assert load_config(path) == load_config()
 
 
 def test_overrides_take_toml_values():
@@ -66,6 +79,11 @@ def test_file_then_overrides(tmp_path):
         ("data=3", "data must be a table"),
         ("rounds", "expected key=value"),
         ("data.num_clients=0", "data.num_clients = 0"),
+        ('data.labels=["a"]', "data.labels = ['a']: needs at least 2"),
+        ('data.labels=["a", "b", "a"]', "repeats a label"),
+        ('data.labels=["a", ""]', "data.labels = ['a', '']: must be non-empty"),
+        ("data.labels=[1, 2]", "data.labels[0] = 1: expected a string"),
+        ('data.labels="a,b"', "data.labels = 'a,b': expected a list"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_field(override, fragment):

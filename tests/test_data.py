@@ -157,6 +157,30 @@ def test_integer_labels_are_remapped_to_0_k(tmp_path):
     assert ds.label_names == ["3", "7"] and ds.labels == [1, 0, 1]
 
 
+def test_declared_label_set_fixes_ids_and_may_name_absent_classes(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame(ROWS).to_csv(path, index=False)
+    cfg = DataConfig(dataset=str(path), text_column="body", label_column="sentiment")
+    ds = load_text_dataset(dataclasses.replace(cfg, labels=["pos", "mixed", "neg"]), seed=0)
+    assert ds.label_names == ["pos", "mixed", "neg"] and ds.labels == [0, 2, 0, 2, 0, 2]
+
+
+@pytest.mark.parametrize("dataset", ["file", "bbc_news"])
+def test_label_outside_the_declared_set_names_the_source_and_label(tmp_path, dataset):
+    if dataset == "file":
+        path = tmp_path / "reviews.csv"
+        pd.DataFrame(ROWS).to_csv(path, index=False)
+        cfg = DataConfig(dataset=str(path), text_column="body", label_column="sentiment")
+        named = r"data.labels: file '.*reviews.csv' has labels not in the label set: 'neg'"
+    else:
+        cfg = DataConfig()
+        named = r"bundled dataset 'bbc_news' has labels not in .*: 'entertainment', 'politics'"
+    cfg = dataclasses.replace(cfg, labels=["pos", "business", "sports", "tech"])
+    with pytest.raises(ConfigError, match=named) as err:
+        load_text_dataset(cfg, seed=0)
+    assert "\n" not in str(err.value)
+
+
 def _write(tmp_path, name: str, content: bytes) -> str:
     (tmp_path / name).write_bytes(content)
     return str(tmp_path / name)

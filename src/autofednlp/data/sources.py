@@ -159,6 +159,15 @@ def _caused_by(e: BaseException | None, kind: type) -> bool:
     return False
 
 
+def _where(cfg: DataConfig) -> str:
+    name = cfg.dataset.strip()
+    if name in BUNDLED:
+        return f"bundled dataset {name!r}"
+    if Path(name).suffix.lower() in FILE_BUILDERS:
+        return f"file {str(Path(name).expanduser())!r}"
+    return f"hub dataset {name!r}"
+
+
 def _load_file(cfg: DataConfig) -> TextDataset:
     import datasets
 
@@ -204,6 +213,27 @@ def _load_hub(cfg: DataConfig) -> TextDataset:
     return _from_table(tables, cfg, f"hub dataset {cfg.dataset!r}", cfg.dataset)
 
 
+def apply_label_set(ds: TextDataset, labels: list[str], where: str) -> TextDataset:
+    """Re-number `ds`'s labels by the declared label set `labels` (ids follow its order).
+
+    A label present in the data but not in the set is a user error naming it; a declared label
+    absent from the data is fine (a device may hold no sample of a class).
+    """
+    if not labels:
+        return ds
+    index = {name: i for i, name in enumerate(labels)}
+    present = sorted({ds.label_names[i] for i in ds.labels})
+    unknown = [name for name in present if name not in index]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ConfigError(
+            f"data.labels: {where} has labels not in the label set: {shown} "
+            f"(label set: {', '.join(labels)})"
+        )
+    remap = [index.get(name, -1) for name in ds.label_names]
+    return TextDataset(ds.texts, [remap[i] for i in ds.labels], list(labels), ds.name)
+
+
 def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
     """What identifies the raw data without reading it: used as part of the cache key."""
     if cfg.dataset in BUNDLED:
@@ -244,6 +274,7 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> TextDataset:
         )
     else:
         ds = _load_hub(cfg)
+    ds = apply_label_set(ds, cfg.labels, _where(cfg))
     present = sorted({ds.label_names[i] for i in ds.labels})
     if len(present) < 2:
         raise ConfigError(

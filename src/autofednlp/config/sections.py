@@ -1,19 +1,13 @@
-"""One typed experiment configuration, read from TOML plus `section.key=value` overrides.
+"""The experiment configuration's sections: frozen dataclasses, one per concern.
 
-Every section is a frozen dataclass whose fields carry their help text in `metadata["help"]`;
-values are checked once, here, and a bad one raises `ConfigError` naming the field.
+Every field carries its help text in `metadata["help"]` (the CLI's help is built from it);
+values are checked once, in `__post_init__`, and a bad one raises `ConfigError` naming the field.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 
 class ConfigError(ValueError):
@@ -56,6 +50,11 @@ class DataConfig:
     hub_subset: str = _f("", "hub dataset configuration name, if the dataset has several")
     text_column: str = _f("text", "column holding the text (local and hub datasets)")
     label_column: str = _f("label", "column holding the class label (local and hub datasets)")
+    labels: list[str] = _f(
+        [],
+        "the label set, in order (label ids follow it), e.g. [\"business\", \"sport\"]; a "
+        "sample with a label outside it is an error. Empty = the labels found in the data",
+    )
     max_length: int = _f(128, "tokens per sample after truncation")
     max_samples: int = _f(0, "use only this many samples in all (seeded pick); 0 = all")
     validation_fraction: float = _f(0.1, "share held by the server for model selection")
@@ -67,6 +66,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.dataset.strip()), "data.dataset", self.dataset, "must not be empty")
+        _check(
+            all(isinstance(v, str) and v.strip() for v in self.labels),
+            "data.labels",
+            self.labels,
+            "must be non-empty strings",
+        )
+        _check(len(set(self.labels)) == len(self.labels), "data.labels", self.labels, "repeats a label")
+        _check(len(self.labels) != 1, "data.labels", self.labels, "needs at least 2 labels")
         _check(self.max_length >= 8, "data.max_length", self.max_length, "must be >= 8")
         _check(self.max_samples >= 0, "data.max_samples", self.max_samples, "must be >= 0")
         for name in ("validation_fraction", "test_fraction"):
@@ -319,127 +326,3 @@ class ExperimentConfig:
                 self.tune.width,
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
-
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Check one TOML value against a field type; ints are accepted where floats are."""
-    origin = typing.get_origin(typ)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} = {value!r}: expected a table of name = number")
-        return {str(k): _coerce(f"{name}.{k}", v, float) for k, v in value.items()}
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} = {value!r}: expected true or false")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} = {value!r}: expected an integer")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} = {value!r}: expected a number")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} = {value!r}: expected a string")
-        return value
-    raise TypeError(f"unsupported config type {typ} for {name}")
-
-
-def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
-    types = _field_types(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if key not in types:
-            known = ", ".join(types)
-            raise ConfigError(f"unknown key '{full}' (known: {known})")
-        typ = types[key]
-        if dataclasses.is_dataclass(typ):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full} must be a table ([{full}]), got {value!r}")
-            kwargs[key] = _build(typ, value, f"{full}.")
-        else:
-            kwargs[key] = _coerce(full, value, typ)
-    return cls(**kwargs)
-
-
-def _parse_value(text: str) -> Any:
-    """An override value is TOML (`3`, `0.5`, `true`, `"x"`, `{a = 1}`); bare words are strings."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set `section.key=value` items into a nested TOML table (a copy)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. federation.rounds=5")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if any(not p for p in parts):
-            raise ConfigError(f"override {item!r}: malformed key {key!r}")
-        node = out
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: '{p}' is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(text.strip())
-    return out
-
-
-def from_dict(table: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate a config from a nested table (unknown keys are errors)."""
-    return _build(ExperimentConfig, table, "")
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a TOML experiment file (or the defaults when `path` is None) and apply overrides."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            table = tomllib.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
-    return from_dict(apply_overrides(table, list(overrides)))
-
-
-def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def to_toml(cfg: ExperimentConfig) -> str:
-    return tomli_w.dumps(to_dict(cfg))
-
-
-def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted name, default, help) for every leaf field: the CLI help is built from this."""
-    rows = []
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(value):
-            rows += describe_fields(type(value), f"{prefix}{f.name}.")
-        else:
-            rows.append((f"{prefix}{f.name}", value, f.metadata.get("help", "")))
-    return rows
