@@ -29,7 +29,7 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         return {str(k): _coerce(f"{name}.{k}", v, float) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{name} = {value!r}: expected a list, e.g. [\"a\", \"b\"]")
+            raise ConfigError(f'{name} = {value!r}: expected a list, e.g. ["a", "b"]')
         (item,) = typing.get_args(typ)
         return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     if typ is bool:

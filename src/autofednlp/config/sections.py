@@ -52,7 +52,7 @@ class DataConfig:
     label_column: str = _f("label", "column holding the class label (local and hub datasets)")
     labels: list[str] = _f(
         [],
-        "the label set, in order (label ids follow it), e.g. [\"business\", \"sport\"]; a "
+        'the label set, in order (label ids follow it), e.g. ["business", "sport"]; a '
         "sample with a label outside it is an error. Empty = the labels found in the data",
     )
     max_length: int = _f(128, "tokens per sample after truncation")
@@ -72,7 +72,9 @@ class DataConfig:
             self.labels,
             "must be non-empty strings",
         )
-        _check(len(set(self.labels)) == len(self.labels), "data.labels", self.labels, "repeats a label")
+        _check(
+            len(set(self.labels)) == len(self.labels), "data.labels", self.labels, "repeats a label"
+        )
         _check(len(self.labels) != 1, "data.labels", self.labels, "needs at least 2 labels")
         _check(self.max_length >= 8, "data.max_length", self.max_length, "must be >= 8")
         _check(self.max_samples >= 0, "data.max_samples", self.max_samples, "must be >= 0")
