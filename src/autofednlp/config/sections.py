@@ -293,6 +293,11 @@ class ExperimentConfig:
     name: str = _f("default", "experiment name, used for the run directory")
     seed: int = _f(0, "fixes partitions, client sampling, device assignment and initialisation")
     output_dir: str = _f("runs", "parent directory of run directories")
+    tensorboard: bool = _f(
+        False,
+        "also write TensorBoard event files to <run dir>/tensorboard "
+        "(view: tensorboard --logdir runs/)",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

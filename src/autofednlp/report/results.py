@@ -7,9 +7,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autofednlp.config import ConfigError, ExperimentConfig, to_toml
+
+if TYPE_CHECKING:
+    from autofednlp.report.tensorboard_log import TensorBoardLog
 
 ROUND_FIELDS = [
     "round",
@@ -89,6 +92,11 @@ class RunRecorder:
         """A fresh record, or (resuming) one that starts again from `rows`."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard: TensorBoardLog | None = None
+        if cfg.tensorboard:
+            from autofednlp.report.tensorboard_log import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.run_dir)
         (self.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
         self._csv_path = self.run_dir / "rounds.csv"
         self._jsonl_path = self.run_dir / "rounds.jsonl"
@@ -106,8 +114,19 @@ class RunRecorder:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROUND_FIELDS})
         with self._jsonl_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=str) + "\n")
+        if self.tensorboard:
+            self.tensorboard.round(row)
+
+    def trial(self, entry: dict[str, Any]) -> None:
+        """The end of an AutoFedNLP trial (its trajectory entry): summary.json lists them all at
+        the end; the TensorBoard log shows each as it happens."""
+        if self.tensorboard:
+            self.tensorboard.trial(entry, self.rows)
 
     def summary(self, summary: dict[str, Any]) -> None:
+        if self.tensorboard:
+            self.tensorboard.close()
+            self.tensorboard = None
         write_json_atomic(self.run_dir / "summary.json", summary)
 
 

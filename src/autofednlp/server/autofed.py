@@ -124,6 +124,7 @@ class AutoFedRun(FederatedRun):
                     "groups": {g.name: g.spec.label() for g in groups},
                 }
             )
+            self.recorder.trial(trajectory[-1])
             for g in groups:
                 g.states.clear()
             if self.cfg.federation.checkpoint_every > 0:
@@ -141,6 +142,8 @@ class AutoFedRun(FederatedRun):
     def restore(self, ckpt: dict[str, Any]) -> None:
         super().restore(ckpt)
         self._resumed_strategy = ckpt["strategy"]
+        for entry in ckpt["strategy"].get("trajectory", []):
+            self.recorder.trial(entry)  # the recorder starts again from the checkpoint's rows
 
     def _advance(self, spent: list[RoundCost], duration_s: float) -> None:
         total = RoundCost(
