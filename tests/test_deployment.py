@@ -197,10 +197,14 @@ class LostNodeGrid:
     """Node 11 answers, node 12 stopped sending heartbeats (the SuperLink answers for it, as
     flwr 1.42 does), node 13 is silent until the timeout."""
 
+    def __init__(self):
+        self.sent = []
+
     def get_node_ids(self):
         return [11, 12, 13]
 
     def send_and_receive(self, messages, *, timeout=None):
+        self.sent += messages
         from flwr.server.superlink.linkstate.utils import (
             create_message_error_unavailable_res_message,
         )
@@ -221,7 +225,7 @@ class LostNodeGrid:
         return replies
 
 
-def test_grid_transport_names_the_lost_client_and_why(monkeypatch):
+def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
 
     from autofednlp.config import load_config
@@ -232,13 +236,20 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch):
     for name in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process has set
         monkeypatch.setattr(TaskIdentity, name, 1)
     cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=3"])
-    transport = GridTransport(LostNodeGrid(), cfg)
+    labels = ["business", "sport"]
+    clients_file = tmp_path / "clients.json"
+    transport = GridTransport(LostNodeGrid(), cfg, labels, clients_file=clients_file)
     transport.node_of = {0: 11, 1: 12, 2: 13}  # as discovered
     spec, state = TuneSpec("bottleneck", 1, 8), {"w": torch.zeros(3)}
     out = transport.train([TrainTask(p, spec, state, server_round=2) for p in range(3)])
     assert [r.partition_id for r in out.replies] == [0]
     assert out.failed[1].startswith("Error: Node Unavailable")
     assert out.failed[2] == "no reply before the round timeout"
+    # the label set travels with every task: devices with their own files number labels by it
+    assert all(list(m.content["config"]["label_names"]) == labels for m in transport.grid.sent)
+    shown = {c["client"]: c for c in json.loads(clients_file.read_text())}
+    assert shown[0]["rounds_trained"] == 1 and shown[0]["examples"] == 4
+    assert shown[2]["rounds_failed"] == 1 and "timeout" in shown[2]["last_failure"]
 
 
 class JoiningGrid:
@@ -288,6 +299,21 @@ def test_fab_holds_the_sources_not_the_venv():
 
 
 # The deployment engine end to end (slow: about 3-4 minutes on two busy cores).
+
+
+OWN_ROWS = 12
+
+
+def _own_data_file(path: Path) -> str:
+    """A device's private CSV: BBC articles it holds itself, under the server's label names."""
+    from autofednlp.data.sources import load_bbc_news
+
+    bbc = load_bbc_news()
+    picks = range(0, len(bbc.texts), len(bbc.texts) // OWN_ROWS)[:OWN_ROWS]
+    rows = [(bbc.texts[i][:300], bbc.label_names[bbc.labels[i]]) for i in picks]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    return str(path)
 
 
 def _rows(run_root: Path) -> list[dict[str, str]]:
@@ -346,7 +372,9 @@ def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
             procs.start(name, "flower-supernode", "--superlink", f"127.0.0.1:{port}",
                         "--port", str(free_port()), *args)  # fmt: skip
 
-        for i, device in enumerate(["", "", ' device="rpi4"']):  # a device profile by name
+        # node2: a device profile by name, and its own data file instead of a partition
+        own = ' device="rpi4" data-file="' + _own_data_file(tmp_path / "node2-data.csv") + '"'
+        for i, device in enumerate(["", "", own]):
             supernode(
                 f"node{i}",
                 "--root-certificates", str(certs.ca_cert),
@@ -404,6 +432,13 @@ def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
     assert failed and all(r["failed_clients"] == str(killed) for r in failed), rows
     assert all(int(r["round"]) >= 2 for r in failed), rows
     assert f"client {killed} failed" in out
+    clients = {
+        c["client"]: c for c in json.loads(summaries[0].with_name("clients.json").read_text())
+    }
+    assert clients[2]["data"].endswith("node2-data.csv") and clients[2]["device"] == "rpi4"
+    assert clients[0]["data"].startswith("partition 0 of")
+    if clients[2].get("rounds_trained"):
+        assert clients[2]["examples"] == OWN_ROWS, clients
     first = max(float(r["val_accuracy"]) for r in rows if r["round"] == "1")
     final, chance = summary["final_val_accuracy"], 1 / 5
     assert final > first or final >= 2 * chance, (summary, rows)

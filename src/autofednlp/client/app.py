@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from functools import lru_cache
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,21 +24,25 @@ def _experiment(text: str) -> ExperimentConfig:
     return from_dict(tomllib.loads(text))
 
 
-def _identity(context: Context, cfg: ExperimentConfig) -> tuple[int, str]:
-    """This node's client id (its data partition) and device profile name."""
+def _identity(context: Context, cfg: ExperimentConfig) -> tuple[int, str, str]:
+    """This node's client id, device profile name, and own data file ("" = the partition of
+    the experiment's dataset that its client id names)."""
     node = context.node_config
     if "partition-id" not in node:
         raise ValueError("node config has no 'partition-id' (start the SuperNode with it)")
     pid = int(node["partition-id"])
     device = str(node.get("device", "")) or client_device(cfg, pid)
-    return pid, device
+    return pid, device, str(node.get("data-file", ""))
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     cfg = _experiment(str(msg.content["config"]["experiment"]))
-    pid, device = _identity(context, cfg)
-    reply = ConfigRecord({"partition_id": pid, "device": device})
+    pid, device, data_file = _identity(context, cfg)
+    if data_file and not Path(data_file).expanduser().is_file():
+        # checked here, without importing torch: the node stays out of the run, named
+        raise ValueError(f"node config data-file = {data_file!r}: no such file on this device")
+    reply = ConfigRecord({"partition_id": pid, "device": device, "data_file": data_file})
     return Message(RecordDict({"identity": reply}), reply_to=msg)
 
 
@@ -49,11 +54,19 @@ def train(msg: Message, context: Context) -> Message:
 
     conf = msg.content["config"]
     cfg = _experiment(str(conf["experiment"]))
-    pid, device = _identity(context, cfg)
+    pid, device, data_file = _identity(context, cfg)
     spec = TuneSpec(str(conf["kind"]), int(conf["depth"]), int(conf["width"]))
     state = msg.content["arrays"].to_torch_state_dict()
     new_state, metrics = train_round(
-        cfg, pid, spec, state, int(conf["server_round"]), device, run_id=str(conf["run_id"])
+        cfg,
+        pid,
+        spec,
+        state,
+        int(conf["server_round"]),
+        device,
+        run_id=str(conf["run_id"]),
+        data_file=data_file,
+        label_names=list(conf["label_names"]),
     )
     content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -6,6 +6,8 @@ and the model once; a long-lived one (a simulation actor) reuses them from the c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +16,13 @@ from autofednlp.client.cache import ActivationCache
 from autofednlp.client.train import local_train
 from autofednlp.config import ExperimentConfig
 from autofednlp.cost.devices import client_device, get_profile
-from autofednlp.data.federated import FederatedData, default_cache_dir, load_federated_data
+from autofednlp.data.federated import (
+    FederatedData,
+    TokenizedSplit,
+    default_cache_dir,
+    load_federated_data,
+)
+from autofednlp.data.local import device_data_key, load_device_data
 from autofednlp.model.build import (
     build_model,
     learning_rate,
@@ -32,6 +40,38 @@ _MODELS: dict[tuple, EncoderClassifier] = {}
 
 def client_data(cfg: ExperimentConfig) -> FederatedData:
     return load_federated_data(cfg.data, resolve_model_path(cfg.model.name), cfg.seed)
+
+
+@dataclass
+class LocalData:
+    """What one device trains on: its samples, stable ids for them (the activation cache's
+    keys), the number of labels of the task, and a tag that scopes its cache to this data."""
+
+    samples: TokenizedSplit
+    sample_ids: torch.Tensor
+    num_labels: int
+    scope: str
+
+
+def local_data(
+    cfg: ExperimentConfig,
+    partition_id: int,
+    data_file: str = "",
+    label_names: Sequence[str] = (),
+) -> LocalData:
+    """Client `partition_id`'s partition of the experiment's dataset or, on a device that
+    names its own `data_file`, that file's rows with labels numbered by `label_names`."""
+    if data_file:
+        tokenizer = resolve_model_path(cfg.model.name)
+        samples = load_device_data(cfg.data, data_file, label_names, tokenizer)
+        key = device_data_key(cfg.data, data_file, label_names, tokenizer)
+        ids = torch.arange(len(samples))
+        return LocalData(samples, ids, len(label_names), f"file-{key[:16]}")
+    data = client_data(cfg)
+    if not 0 <= partition_id < len(data.partitions):
+        raise ValueError(f"partition id {partition_id} is outside 0..{len(data.partitions) - 1}")
+    ids = torch.as_tensor(data.partitions[partition_id])
+    return LocalData(data.client(partition_id), ids, data.num_labels, "partition")
 
 
 def _model_for(cfg: ExperimentConfig, num_labels: int, spec: TuneSpec) -> EncoderClassifier:
@@ -52,7 +92,11 @@ def cache_root(cfg: ExperimentConfig) -> Path:
 
 
 def activation_cache(
-    cfg: ExperimentConfig, run_id: str, partition_id: int, model: EncoderClassifier
+    cfg: ExperimentConfig,
+    run_id: str,
+    partition_id: int,
+    model: EncoderClassifier,
+    scope: str = "partition",
 ) -> ActivationCache | None:
     """This client's activation cache for this run, or None where nothing is frozen.
 
@@ -62,7 +106,8 @@ def activation_cache(
     """
     if not cfg.client.activation_cache or model.embeddings_trainable():
         return None
-    namespace = f"{run_id}/{resolve_model_path(cfg.model.name)}/{cfg.model.pooling}/{partition_id}"
+    model_key = f"{resolve_model_path(cfg.model.name)}/{cfg.model.pooling}"
+    namespace = f"{run_id}/{model_key}/{partition_id}/{scope}"
     return ActivationCache(
         namespace,
         cache_root(cfg) / run_id / f"client-{partition_id}",
@@ -79,25 +124,26 @@ def train_round(
     server_round: int,
     device: str | None = None,
     run_id: str = "",
+    data_file: str = "",
+    label_names: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int | str]]:
-    """Train the received trainable tensors on this client's partition for one round.
+    """Train the received trainable tensors on this client's data for one round.
 
     Returns the updated tensors and metrics: examples, loss, FLOPs executed and the simulated
-    compute seconds on this client's device. `run_id` scopes the activation cache to one run.
+    compute seconds on this client's device. `run_id` scopes the activation cache to one run;
+    `data_file` (with the server's `label_names`) is a device's own data, else the client
+    trains on partition `partition_id` of the experiment's dataset.
     """
-    data = client_data(cfg)
-    if not 0 <= partition_id < len(data.partitions):
-        raise ValueError(f"partition id {partition_id} is outside 0..{len(data.partitions) - 1}")
-    local = data.client(partition_id)
-    model = _model_for(cfg, data.num_labels, spec)
+    local = local_data(cfg, partition_id, data_file, label_names)
+    model = _model_for(cfg, local.num_labels, spec)
     load_trainable(model, state)
-    cache = activation_cache(cfg, run_id or "default", partition_id, model)
-    shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
+    cache = activation_cache(cfg, run_id or "default", partition_id, model, local.scope)
+    shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling)
     part = trained_part(spec)
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
     result = local_train(
         model,
-        local,
+        local.samples,
         cfg.client,
         learning_rate(spec, cfg.client.learning_rate),
         spec.boundary(model.num_layers),
@@ -105,12 +151,13 @@ def train_round(
         part,
         seed,
         cache=cache,
-        sample_ids=torch.as_tensor(data.partitions[partition_id]),
+        sample_ids=local.sample_ids,
     )
     device = device or client_device(cfg, partition_id)
     profile = get_profile(device)
     metrics = {
         "partition_id": partition_id,
+        "data": "file" if data_file else "partition",
         "num_examples": result.num_examples,
         "train_loss": result.train_loss,
         "steps": result.steps,

@@ -85,7 +85,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AUTOFEDNLP_CACHE") or Path.home() / ".cache" / "autofednlp")
 
 
-def _tokenizer_fingerprint(tokenizer_path: str) -> dict[str, Any]:
+def tokenizer_fingerprint(tokenizer_path: str) -> dict[str, Any]:
     path = Path(tokenizer_path).expanduser()
     if not path.is_dir():
         return {"hub": tokenizer_path}
@@ -101,7 +101,7 @@ def fingerprint(cfg: DataConfig, tokenizer_path: str, seed: int) -> str:
     parts = {
         "format": CACHE_FORMAT,
         "source": source_fingerprint(cfg),
-        "tokenizer": _tokenizer_fingerprint(tokenizer_path),
+        "tokenizer": tokenizer_fingerprint(tokenizer_path),
         "seed": seed,
         **dataclasses.asdict(cfg),
     }
@@ -113,7 +113,7 @@ def fingerprint(cfg: DataConfig, tokenizer_path: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _split_state(s: TokenizedSplit) -> dict[str, torch.Tensor]:
+def split_state(s: TokenizedSplit) -> dict[str, torch.Tensor]:
     return {"input_ids": s.input_ids, "attention_mask": s.attention_mask, "labels": s.labels}
 
 
@@ -122,8 +122,13 @@ def _write_cache(path: Path, key: str, data: FederatedData) -> None:
         "key": key,
         "label_names": data.label_names,
         "partitions": data.partitions,
-        **{name: _split_state(getattr(data, name)) for name in ("train", "validation", "test")},
+        **{name: split_state(getattr(data, name)) for name in ("train", "validation", "test")},
     }
+    save_cache_file(path, state)
+
+
+def save_cache_file(path: Path, state: dict[str, Any]) -> None:
+    """`torch.save` to `path` atomically; a failure only warns (a cache is never the truth)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # write then rename: concurrent client processes never see a half-written file

@@ -168,29 +168,36 @@ def _where(cfg: DataConfig) -> str:
     return f"hub dataset {name!r}"
 
 
-def _load_file(cfg: DataConfig) -> TextDataset:
+def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
+    """The labelled rows of the local file `cfg.dataset`; errors name `field` and the file."""
     import datasets
 
     path = Path(cfg.dataset).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise ConfigError(
+            f"{field} = {cfg.dataset!r}: unsupported file type {suffix or '(none)'!r}; use "
+            f"{', '.join(FILE_BUILDERS)}"
+        )
     where = f"file {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} does not exist")
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} does not exist")
     if path.stat().st_size == 0:
-        raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} is empty")
-    builder = FILE_BUILDERS[path.suffix.lower()]
-    not_utf8 = ConfigError(f"data.dataset = {cfg.dataset!r}: {where} is not UTF-8 text")
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} is empty")
+    builder = FILE_BUILDERS[suffix]
+    not_utf8 = ConfigError(f"{field} = {cfg.dataset!r}: {where} is not UTF-8 text")
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:
         if _caused_by(e, UnicodeDecodeError):
             raise not_utf8 from None
         if "corresponds to no data" in str(e):  # a header but no rows
-            raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no rows") from None
+            raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no rows") from None
         raise ConfigError(
-            f"data.dataset = {cfg.dataset!r}: {where} could not be read as {builder} ({_reason(e)})"
+            f"{field} = {cfg.dataset!r}: {where} could not be read as {builder} ({_reason(e)})"
         ) from None
     if len(table) == 0:
-        raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no rows")
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no rows")
     try:
         return _from_table([table], cfg, where, path.stem)
     except UnicodeDecodeError:
@@ -213,7 +220,9 @@ def _load_hub(cfg: DataConfig) -> TextDataset:
     return _from_table(tables, cfg, f"hub dataset {cfg.dataset!r}", cfg.dataset)
 
 
-def apply_label_set(ds: TextDataset, labels: list[str], where: str) -> TextDataset:
+def apply_label_set(
+    ds: TextDataset, labels: list[str], where: str, field: str = "data.labels"
+) -> TextDataset:
     """Re-number `ds`'s labels by the declared label set `labels` (ids follow its order).
 
     A label present in the data but not in the set is a user error naming it; a declared label
@@ -227,7 +236,7 @@ def apply_label_set(ds: TextDataset, labels: list[str], where: str) -> TextDatas
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise ConfigError(
-            f"data.labels: {where} has labels not in the label set: {shown} "
+            f"{field}: {where} has labels not in the label set: {shown} "
             f"(label set: {', '.join(labels)})"
         )
     remap = [index.get(name, -1) for name in ds.label_names]
@@ -266,7 +275,7 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> TextDataset:
             "classification yet"
         )
     elif suffix in FILE_BUILDERS:
-        ds = _load_file(cfg)
+        ds = load_file(cfg)
     elif Path(name).expanduser().is_file():
         raise ConfigError(
             f"data.dataset = {name!r}: unsupported file type {suffix or '(none)'!r}; use "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,14 +23,25 @@ log = logging.getLogger("autofednlp")
 class GridTransport:
     """Maps client (partition) ids to Flower node ids and carries train tasks as Messages."""
 
-    def __init__(self, grid: Grid, cfg: ExperimentConfig, start_wait_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: ExperimentConfig,
+        label_names: list[str] | None = None,
+        start_wait_s: float = 600.0,
+        clients_file: Path | None = None,
+    ) -> None:
         self.grid = grid
         self.cfg = cfg
         self.experiment = to_toml(cfg)
+        # devices with their own data file number their labels by the server's label set
+        self.label_names = list(label_names or cfg.data.labels)
         self.timeout = cfg.federation.round_timeout_s or None
         self.start_wait_s = start_wait_s
+        self.clients_file = clients_file
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.device_of: dict[int, str] = {}
+        self.clients: dict[int, dict[str, Any]] = {}  # partition id -> what clients.json shows
         self._started = False
 
     def wait_for_nodes(self, poll_s: float = 2.0) -> None:
@@ -70,8 +82,23 @@ class GridTransport:
                 continue
             ident = reply.content["identity"]
             pid = int(ident["partition_id"])
+            if pid in self.node_of and self.node_of[pid] != nid:
+                log.warning("node %d also claims client id %d: it replaces node %d",
+                            nid, pid, self.node_of[pid])  # fmt: skip
             self.node_of[pid] = nid
             self.device_of[pid] = str(ident["device"])
+            data = str(ident.get("data_file", "")) or f"partition {pid} of {self.cfg.data.dataset}"
+            self.clients[pid] = {"node_id": nid, "device": self.device_of[pid], "data": data}
+        self._write_clients()
+
+    def _write_clients(self) -> None:
+        """Which node is which client, its device and data, and how its rounds went."""
+        if self.clients_file is None:
+            return
+        rows = [{"client": pid, **info} for pid, info in sorted(self.clients.items())]
+        tmp = self.clients_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        tmp.replace(self.clients_file)
 
     def available_partitions(self) -> list[int]:
         if not self._started:
@@ -93,6 +120,7 @@ class GridTransport:
                     "width": t.spec.width,
                     "server_round": t.server_round,
                     "run_id": t.run_id,
+                    "label_names": self.label_names,
                 }
             )
             content = RecordDict({"arrays": ArrayRecord(t.state), "config": conf})
@@ -128,7 +156,19 @@ class GridTransport:
         for pid in pid_of.values():
             if pid not in out.failed and all(r.partition_id != pid for r in out.replies):
                 out.failed[pid] = "no reply before the round timeout"
+        self._count(out)
         return out
+
+    def _count(self, out: Delivery) -> None:
+        for r in out.replies:
+            info = self.clients.setdefault(r.partition_id, {})
+            info["rounds_trained"] = info.get("rounds_trained", 0) + 1
+            info["examples"] = r.metrics.get("num_examples")
+        for pid, why in out.failed.items():
+            info = self.clients.setdefault(pid, {})
+            info["rounds_failed"] = info.get("rounds_failed", 0) + 1
+            info["last_failure"] = why
+        self._write_clients()
 
 
 def submitted_app_dir(grid: Grid) -> Path | None:
@@ -172,9 +212,10 @@ def make_server_app(
         c = cfg
         if c is None:
             c = config_from_run_config(dict(context.run_config), submitted_app_dir(grid))
-        rd = run_dir if run_dir is not None else new_run_dir(c)
-        fed = make_run(c, client_data(c), GridTransport(grid, c), Path(rd), progress, resume)
-        fed.run()
+        rd = Path(run_dir if run_dir is not None else new_run_dir(c))
+        data = client_data(c)
+        transport = GridTransport(grid, c, data.label_names, clients_file=rd / "clients.json")
+        make_run(c, data, transport, rd, progress, resume).run()
 
     return server_app
 

@@ -1,0 +1,99 @@
+"""A device's own training data: a file on the device, named in its node config.
+
+In a real deployment each device holds its private text; the server never sees it. The
+device reads the file with the experiment's columns, numbers its labels by the server's label
+set (so every device and the server agree on what label 3 means), and tokenizes it once: a
+fresh client process each round reads the tokenized copy back from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from autofednlp.config import ConfigError, DataConfig
+from autofednlp.data import tokenize
+from autofednlp.data.federated import (
+    CACHE_FORMAT,
+    TokenizedSplit,
+    default_cache_dir,
+    save_cache_file,
+    split_state,
+    tokenizer_fingerprint,
+)
+from autofednlp.data.sources import apply_label_set, load_file, source_fingerprint
+
+FIELD = "node config data-file"
+
+_memory_cache: dict[str, TokenizedSplit] = {}
+
+
+def device_data_key(cfg: DataConfig, path: str, label_names: Sequence[str], tokenizer: str) -> str:
+    """A hex digest of everything that determines `load_device_data`'s result."""
+    file_cfg = dataclasses.replace(cfg, dataset=path)
+    parts = {
+        "format": CACHE_FORMAT,
+        "source": source_fingerprint(file_cfg),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "columns": [cfg.text_column, cfg.label_column],
+        "max_length": cfg.max_length,
+        "labels": list(label_names),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def check_data_file(path: str) -> None:
+    """The cheap checks a device can make before it is asked to train (no imports)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{FIELD} = {path!r}: no such file on this device")
+
+
+def load_device_data(
+    cfg: DataConfig,
+    path: str,
+    label_names: Sequence[str],
+    tokenizer_path: str,
+    cache_dir: str | Path | None = None,
+) -> TokenizedSplit:
+    """The labelled rows of the device's file `path`, tokenized, labels numbered by
+    `label_names`. A device may hold one class only (that is label skew, not a mistake);
+    a label outside the set is a `ConfigError` naming the file and the label."""
+    if len(label_names) < 2:
+        raise ValueError("the server sent no label set with the task")
+    check_data_file(path)
+    key = device_data_key(cfg, path, label_names, tokenizer_path)
+    if key in _memory_cache:
+        return _memory_cache[key]
+    cache = Path(cache_dir or default_cache_dir()).expanduser() / f"device-{key[:24]}.pt"
+    split = _read(cache, key)
+    if split is None:
+        from transformers import AutoTokenizer
+
+        file_cfg = dataclasses.replace(cfg, dataset=path, labels=list(label_names))
+        ds = load_file(file_cfg, FIELD)
+        ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
+        enc = tokenize.tokenize_texts(
+            ds.texts, AutoTokenizer.from_pretrained(tokenizer_path), cfg.max_length
+        )
+        split = TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long))
+        save_cache_file(cache, {"key": key, **split_state(split)})
+    _memory_cache[key] = split
+    return split
+
+
+def _read(path: Path, key: str) -> TokenizedSplit | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        if state.pop("key", None) != key:
+            return None
+        return TokenizedSplit(**state)
+    except Exception:  # a truncated or foreign file is rebuilt
+        return None
