@@ -83,6 +83,31 @@ def test_exported_adapter_loads_with_the_adapters_library_alone(finished_run, ti
     assert meta["spec"] == {"kind": "bottleneck", "depth": 1, "width": 8}
 
 
+def test_exported_lora_loads_with_peft_alone(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from autofednlp.model.export import load_run_model
+
+    args = [*_small(tiny_model_dir), "tune.kind=lora", "tune.depth=1", "tune.width=4"]
+    args.append("federation.rounds=1")  # a later --set wins
+    sets = [x for a in args for x in ("--set", a)]
+    run_dir = tmp_path / "lora"
+    assert main(["run", *sets, "--run-dir", str(run_dir), "--progress", "quiet"]) == 0
+    ours, _labels, _base = load_run_model(run_dir)
+    plain = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tiny_model_dir), str(run_dir / "export" / "adapter")
+    ).eval()
+    ids = torch.randint(1000, 3000, (2, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        theirs = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = ours.run_layers(ours.embed(ids), mask, 0, ours.num_layers)
+        base = AutoModel.from_pretrained(tiny_model_dir)(input_ids=ids, attention_mask=mask)
+    assert torch.allclose(theirs, hidden, atol=1e-5)
+    assert not torch.allclose(theirs, base.last_hidden_state, atol=1e-4)  # it was trained
+
+
 def test_predict_on_a_missing_run_is_a_user_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope"), "text"]) == 2
     err = capsys.readouterr().err
