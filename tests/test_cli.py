@@ -4,26 +4,15 @@ import json
 
 import pytest
 import torch
+from small_run import small_overrides
 
 from autofednlp.cli import main
-
-
-def _small(tiny_model_dir):
-    return [
-        f'model.name="{tiny_model_dir}"',
-        "data.max_samples=120",
-        "data.max_length=32",
-        "data.num_clients=6",
-        "federation.clients_per_round=3",
-        "federation.rounds=2",
-        "federation.engine=inprocess",
-    ]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    args = [*_small(tiny_model_dir), "tune.depth=1", "tune.width=8"]
+    args = [*small_overrides(tiny_model_dir), "tune.depth=1", "tune.width=8"]
     run_dir = out / "run"
     sets = [x for a in args for x in ("--set", a)]
     assert main(["run", *sets, "--run-dir", str(run_dir), "--progress", "quiet"]) == 0
@@ -31,7 +20,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_json_progress_is_one_object_per_round(tiny_model_dir, tmp_path, capsys):
-    sets = _small(tiny_model_dir)
+    sets = small_overrides(tiny_model_dir)
     argv = ["run", *[x for s in sets for x in ("--set", s)], "--run-dir", str(tmp_path / "r")]
     assert main([*argv, "--progress", "json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -89,7 +78,7 @@ def test_exported_lora_loads_with_peft_alone(tiny_model_dir, tmp_path):
 
     from autofednlp.model.export import load_run_model
 
-    args = [*_small(tiny_model_dir), "tune.kind=lora", "tune.depth=1", "tune.width=4"]
+    args = [*small_overrides(tiny_model_dir), "tune.kind=lora", "tune.depth=1", "tune.width=4"]
     args.append("federation.rounds=1")  # a later --set wins
     sets = [x for a in args for x in ("--set", a)]
     run_dir = tmp_path / "lora"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from small_run import small_config
 
-from autofednlp.config import load_config
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 from autofednlp.server.inprocess import InProcessTransport
 from autofednlp.server.loop import Delivery, FederatedRun
@@ -36,20 +36,7 @@ def test_bad_updates_are_rejected(update, n, why):
 
 
 def _cfg(tiny_model_dir, tmp_path, *extra):
-    return load_config(
-        None,
-        [
-            f'model.name="{tiny_model_dir}"',
-            "data.max_samples=120",
-            "data.max_length=32",
-            "data.num_clients=6",
-            "federation.clients_per_round=3",
-            "federation.rounds=3",
-            "federation.engine=inprocess",
-            f'output_dir="{tmp_path}"',
-            *extra,
-        ],
-    )
+    return small_config(tiny_model_dir, tmp_path, "federation.rounds=3", *extra)
 
 
 def _run(cfg, run_dir, transport=None):

@@ -4,26 +4,10 @@ import csv
 import json
 
 import pytest
+from small_run import small_config
 
-from autofednlp.config import load_config
 from autofednlp.run import resume_experiment, run_experiment
 from autofednlp.server.autofed import AutoFedRun
-
-
-def _cfg(tiny_model_dir, tmp_path, *extra):
-    return load_config(
-        None,
-        [
-            f'model.name="{tiny_model_dir}"',
-            "data.max_samples=120",
-            "data.max_length=32",
-            "data.num_clients=6",
-            "federation.clients_per_round=3",
-            "federation.engine=inprocess",
-            f'output_dir="{tmp_path}"',
-            *extra,
-        ],
-    )
 
 
 def _scalars(run_dir):
@@ -41,7 +25,7 @@ def _rows(run_dir):
 
 
 def test_scalars_match_rounds_csv(tiny_model_dir, tmp_path):
-    cfg = _cfg(tiny_model_dir, tmp_path, "federation.rounds=3", "tensorboard=true")
+    cfg = small_config(tiny_model_dir, tmp_path, "federation.rounds=3", "tensorboard=true")
     summary = run_experiment(cfg, str(tmp_path / "r"), progress=False)
     rows, tb = _rows(tmp_path / "r"), _scalars(tmp_path / "r")
     assert [s for s, _ in tb["val/accuracy"]] == [1, 2, 3]
@@ -58,7 +42,9 @@ def test_scalars_match_rounds_csv(tiny_model_dir, tmp_path):
 
 
 def test_no_tensorboard_directory_without_the_option(tiny_model_dir, tmp_path):
-    run_experiment(_cfg(tiny_model_dir, tmp_path, "federation.rounds=1"), str(tmp_path / "r"))
+    run_experiment(
+        small_config(tiny_model_dir, tmp_path, "federation.rounds=1"), str(tmp_path / "r")
+    )
     assert (tmp_path / "r" / "rounds.csv").exists()
     assert not (tmp_path / "r" / "tensorboard").exists()
 
@@ -66,7 +52,7 @@ def test_no_tensorboard_directory_without_the_option(tiny_model_dir, tmp_path):
 def test_autofed_groups_and_winners_after_a_resume(tiny_model_dir, tmp_path, monkeypatch):
     """Killed after trial 2 was logged but before its checkpoint: the resumed run logs every
     step once, each group under its own tags and each trial's winner under the plain ones."""
-    cfg = _cfg(
+    cfg = small_config(
         tiny_model_dir,
         tmp_path,
         "federation.rounds=5",
