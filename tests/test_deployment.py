@@ -198,12 +198,18 @@ class LostNodeGrid:
     flwr 1.42 does), node 13 is silent until the timeout."""
 
     def __init__(self):
-        self.sent = []
+        self.sent, self.replies, self.pulls = [], [], 0
 
     def get_node_ids(self):
         return [11, 12, 13]
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        got = [r for r in self.replies if r.metadata.reply_to_message_id in message_ids]
+        self.replies = [r for r in self.replies if r not in got]
+        return got
+
+    def push_messages(self, messages):
         self.sent += messages
         from flwr.server.superlink.linkstate.utils import (
             create_message_error_unavailable_res_message,
@@ -222,7 +228,8 @@ class LostNodeGrid:
                 replies.append(Message(content, reply_to=m))
             elif m.metadata.dst_node_id == 12:
                 replies.append(create_message_error_unavailable_res_message(m.metadata, "x"))
-        return replies
+        self.replies += replies
+        return [m.metadata.message_id for m in messages]
 
 
 def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
@@ -235,7 +242,10 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
 
     for name in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process has set
         monkeypatch.setattr(TaskIdentity, name, 1)
-    cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=3"])
+    cfg = load_config(
+        None,
+        ["data.num_clients=3", "federation.clients_per_round=3", "federation.round_timeout_s=1"],
+    )
     labels = ["business", "sport"]
     clients_file = tmp_path / "clients.json"
     transport = GridTransport(LostNodeGrid(), cfg, labels, clients_file=clients_file)
@@ -245,6 +255,7 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
     assert [r.partition_id for r in out.replies] == [0]
     assert out.failed[1].startswith("Error: Node Unavailable")
     assert out.failed[2] == "no reply before the round timeout"
+    assert 3 <= transport.grid.pulls <= 6  # every 0.25 s until the 1 s timeout, not every 3 s
     # the label set travels with every task: devices with their own files number labels by it
     assert all(list(m.content["config"]["label_names"]) == labels for m in transport.grid.sent)
     shown = {c["client"]: c for c in json.loads(clients_file.read_text())}

@@ -20,6 +20,28 @@ from autofednlp.server.loop import Delivery, TrainReply, TrainTask
 log = logging.getLogger("autofednlp")
 
 
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float | None, poll_s: float = 0.25
+) -> list[Message]:
+    """Send `messages` and collect the replies that come within `timeout` seconds (None: all).
+
+    Flower's `Grid.send_and_receive` does the same but sleeps a fixed 3 s between pulls on the
+    deployment engine, which adds 1.5 s to every round on average; pulling a few replies more
+    often costs the SuperLink next to nothing.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or (deadline is not None and time.monotonic() >= deadline):
+            break
+        time.sleep(poll_s)
+    return replies
+
+
 class GridTransport:
     """Maps client (partition) ids to Flower node ids and carries train tasks as Messages."""
 
@@ -73,7 +95,7 @@ class GridTransport:
             return
         content = RecordDict({"config": ConfigRecord({"experiment": self.experiment})})
         msgs = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in new]
-        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        replies = exchange(self.grid, msgs, self.timeout)
         node_of_msg = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
         for reply in replies:
             nid = node_of_msg.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
@@ -135,7 +157,7 @@ class GridTransport:
                 )
             )
         out = Delivery()
-        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        replies = exchange(self.grid, msgs, self.timeout)
         # Match replies by message id (set when sent): for a node that stopped sending
         # heartbeats, Flower's SuperLink answers itself, with an error from node 1.
         pid_of_msg = {m.metadata.message_id: pid_of[m.metadata.dst_node_id] for m in msgs}
