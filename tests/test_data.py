@@ -3,6 +3,7 @@
 import dataclasses
 import math
 from collections import Counter
+from pathlib import Path
 
 import datasets
 import huggingface_hub.constants
@@ -268,6 +269,9 @@ def test_federated_data_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     from_disk = load_federated_data(CFG, MODEL, seed=0, cache_dir=tmp_path)
     assert calls == [] and from_disk is not first
     _assert_same(from_disk, first)
+    # the tokens are mapped from the file, not copied into every process that reads them
+    (cache_file,) = tmp_path.glob("federated-*.pt")
+    assert str(cache_file) in Path("/proc/self/maps").read_text()
 
     federated.clear_memory_cache()
     rebuilt = load_federated_data(CFG, MODEL, seed=0, cache_dir=tmp_path / "fresh")

@@ -144,11 +144,18 @@ def save_cache_file(path: Path, state: dict[str, Any]) -> None:
         warnings.warn(f"could not write the data cache {str(path)!r}: {e}", stacklevel=3)
 
 
+def load_cache_file(path: Path) -> dict[str, Any]:
+    """Read a cache file memory-mapped: the tokens stay in the file (the OS page cache, shared
+    by every process on the machine) and only the rows a process touches become resident, so a
+    simulation actor that trains a few sampled clients does not hold the whole dataset."""
+    return torch.load(path, weights_only=True, mmap=True)
+
+
 def _read_cache(path: Path, key: str) -> FederatedData | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=True)
+        state = load_cache_file(path)
         if state.get("key") != key:
             return None
         splits = {n: TokenizedSplit(**state[n]) for n in ("train", "validation", "test")}
@@ -208,6 +215,8 @@ def load_federated_data(
     if data is None:
         data = _build(cfg, tokenizer_path, seed)
         _write_cache(path, key, data)
+        # map the written copy rather than hold the built one (falls back if it was not written)
+        data = _read_cache(path, key) or data
     _memory_cache[key] = data
     return data
 

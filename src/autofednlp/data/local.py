@@ -22,6 +22,7 @@ from autofednlp.data.federated import (
     CACHE_FORMAT,
     TokenizedSplit,
     default_cache_dir,
+    load_cache_file,
     save_cache_file,
     split_state,
     tokenizer_fingerprint,
@@ -91,7 +92,7 @@ def _read(path: Path, key: str) -> TokenizedSplit | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=True)
+        state = load_cache_file(path)
         if state.pop("key", None) != key:
             return None
         return TokenizedSplit(**state)

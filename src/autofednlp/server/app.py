@@ -21,13 +21,13 @@ log = logging.getLogger("autofednlp")
 
 
 def exchange(
-    grid: Grid, messages: list[Message], timeout: float | None, poll_s: float = 0.25
+    grid: Grid, messages: list[Message], timeout: float | None, poll_s: float = 0.1
 ) -> list[Message]:
     """Send `messages` and collect the replies that come within `timeout` seconds (None: all).
 
     Flower's `Grid.send_and_receive` does the same but sleeps a fixed 3 s between pulls on the
     deployment engine, which adds 1.5 s to every round on average; pulling a few replies more
-    often costs the SuperLink next to nothing.
+    often costs the SuperLink next to nothing. 0.1 s is the simulation engine's own interval.
     """
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
