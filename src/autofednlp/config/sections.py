@@ -29,6 +29,16 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, name, value, f"must be one of {', '.join(allowed)}")
 
 
+def _check_min(
+    section: Any, prefix: str, minimum: float, *names: str, strict: bool = False
+) -> None:
+    """Each named field of `section` must be >= `minimum` (> with `strict`)."""
+    for name in names:
+        v = getattr(section, name)
+        ok = v > minimum if strict else v >= minimum
+        _check(ok, f"{prefix}.{name}", v, f"must be {'>' if strict else '>='} {minimum}")
+
+
 PARTITIONERS = ("iid", "dirichlet", "shard")
 TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
 OPTIMIZERS = ("adamw", "sgd")
@@ -76,20 +86,14 @@ class DataConfig:
             len(set(self.labels)) == len(self.labels), "data.labels", self.labels, "repeats a label"
         )
         _check(len(self.labels) != 1, "data.labels", self.labels, "needs at least 2 labels")
-        _check(self.max_length >= 8, "data.max_length", self.max_length, "must be >= 8")
-        _check(self.max_samples >= 0, "data.max_samples", self.max_samples, "must be >= 0")
+        _check_min(self, "data", 8, "max_length")
+        _check_min(self, "data", 0, "max_samples")
         for name in ("validation_fraction", "test_fraction"):
             v = getattr(self, name)
             _check(0 < v < 0.5, f"data.{name}", v, "must be in (0, 0.5)")
-        _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "must be >= 1")
+        _check_min(self, "data", 1, "num_clients", "shards_per_client")
         _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
-        _check(self.alpha > 0, "data.alpha", self.alpha, "must be > 0")
-        _check(
-            self.shards_per_client >= 1,
-            "data.shards_per_client",
-            self.shards_per_client,
-            "must be >= 1",
-        )
+        _check_min(self, "data", 0, "alpha", strict=True)
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,8 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _check_choice("tune.kind", self.kind, TUNE_KINDS)
-        _check(self.depth >= 0, "tune.depth", self.depth, "must be >= 0")
-        _check(self.width >= 1, "tune.width", self.width, "must be >= 1")
+        _check_min(self, "tune", 0, "depth")
+        _check_min(self, "tune", 1, "width")
 
 
 @dataclass(frozen=True)
@@ -144,17 +148,10 @@ class ClientConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.local_epochs >= 1, "client.local_epochs", self.local_epochs, "must be >= 1")
-        _check(self.batch_size >= 1, "client.batch_size", self.batch_size, "must be >= 1")
+        _check_min(self, "client", 1, "local_epochs", "batch_size")
         _check_choice("client.optimizer", self.optimizer, OPTIMIZERS)
-        _check(self.learning_rate >= 0, "client.learning_rate", self.learning_rate, "must be >= 0")
-        _check(self.weight_decay >= 0, "client.weight_decay", self.weight_decay, "must be >= 0")
-        _check(self.max_grad_norm >= 0, "client.max_grad_norm", self.max_grad_norm, "must be >= 0")
-        _check(
-            self.cache_memory_mb >= 0,
-            "client.cache_memory_mb",
-            self.cache_memory_mb,
-            "must be >= 0",
+        _check_min(
+            self, "client", 0, "learning_rate", "weight_decay", "max_grad_norm", "cache_memory_mb"
         )
 
 
@@ -179,39 +176,16 @@ class FederationConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "federation.rounds", self.rounds, "must be >= 1")
-        _check(
-            self.clients_per_round >= 1,
-            "federation.clients_per_round",
-            self.clients_per_round,
-            "must be >= 1",
-        )
-        _check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "must be >= 1")
-        _check(
-            self.checkpoint_every >= 0,
-            "federation.checkpoint_every",
-            self.checkpoint_every,
-            "must be >= 0",
-        )
+        _check_min(self, "federation", 1, "rounds", "clients_per_round", "eval_every")
+        _check_min(self, "federation", 0, "checkpoint_every", "round_timeout_s")
         _check(
             0 < self.target_accuracy <= 1,
             "federation.target_accuracy",
             self.target_accuracy,
             "must be in (0, 1]",
         )
-        _check(
-            self.num_cpus_per_client > 0,
-            "federation.num_cpus_per_client",
-            self.num_cpus_per_client,
-            "must be > 0",
-        )
+        _check_min(self, "federation", 0, "num_cpus_per_client", strict=True)
         _check_choice("federation.engine", self.engine, ENGINES)
-        _check(
-            self.round_timeout_s >= 0,
-            "federation.round_timeout_s",
-            self.round_timeout_s,
-            "must be >= 0",
-        )
 
 
 @dataclass(frozen=True)
@@ -252,13 +226,10 @@ class StrategyConfig:
             ("candidates", CANDIDATE_POLICIES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
-        for name in ("depth_step", "width_step", "trial_rounds", "max_group_rounds"):
-            _check(
-                getattr(self, name) >= 1, f"strategy.{name}", getattr(self, name), "must be >= 1"
-            )
-        _check(self.max_depth >= 0, "strategy.max_depth", self.max_depth, "must be >= 0")
-        _check(self.max_width >= 1, "strategy.max_width", self.max_width, "must be >= 1")
-        _check(self.trial_base_s > 0, "strategy.trial_base_s", self.trial_base_s, "must be > 0")
+        steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
+        _check_min(self, "strategy", 1, *steps)
+        _check_min(self, "strategy", 0, "max_depth")
+        _check_min(self, "strategy", 0, "trial_base_s", strict=True)
 
 
 @dataclass(frozen=True)
@@ -282,10 +253,8 @@ class CostConfig:
                 share,
                 "share must be a number > 0",
             )
-        for name in ("upload_mb_per_s", "download_mb_per_s"):
-            _check(getattr(self, name) > 0, f"cost.{name}", getattr(self, name), "must be > 0")
-        for name in ("compute_watts", "transmit_watts"):
-            _check(getattr(self, name) >= 0, f"cost.{name}", getattr(self, name), "must be >= 0")
+        _check_min(self, "cost", 0, "upload_mb_per_s", "download_mb_per_s", strict=True)
+        _check_min(self, "cost", 0, "compute_watts", "transmit_watts")
 
 
 @dataclass(frozen=True)
