@@ -76,7 +76,11 @@ def test_cli_run_on_flower_simulation_engine(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "round   2/2" in res.stderr
+    assert "deprecated" not in res.stderr  # Flower's notice about the route we chose
     assert "final test accuracy" in res.stdout
+    clients = json.loads((run_dir / "clients.json").read_text())
+    assert [c["client"] for c in clients] == list(range(10))  # every virtual node identified
+    assert sum(c.get("rounds_trained", 0) for c in clients) == 2 * 4
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["bytes_up"] > 0
     assert summary["time_to_accuracy"] is not None  # 0.5 on 5 classes is reached
