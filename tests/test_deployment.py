@@ -263,6 +263,66 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
     assert shown[2]["rounds_failed"] == 1 and "timeout" in shown[2]["last_failure"]
 
 
+class IdentityGrid:
+    """Nodes answer identity queries: node id -> partition id, or an error text."""
+
+    def __init__(self, answers):
+        self.answers, self.alive, self.queried, self.replies = answers, list(answers), [], []
+
+    def get_node_ids(self):
+        return list(self.alive)
+
+    def push_messages(self, messages):
+        from flwr.app import Error
+
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+            nid = m.metadata.dst_node_id
+            self.queried.append(nid)
+            answer = self.answers[nid]
+            if isinstance(answer, str):
+                self.replies.append(Message(Error(code=0, reason=answer), reply_to=m))
+            else:
+                ident = {"partition_id": answer, "device": "rpi4", "data_file": ""}
+                self.replies.append(
+                    Message(RecordDict({"identity": ConfigRecord(ident)}), reply_to=m)
+                )
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        got = [r for r in self.replies if r.metadata.reply_to_message_id in message_ids]
+        self.replies = [r for r in self.replies if r not in got]
+        return got
+
+
+def test_clients_json_keeps_history_across_rejoins_resumes_and_bad_nodes(monkeypatch, tmp_path):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from autofednlp.config import load_config
+    from autofednlp.server.app import GridTransport
+    from autofednlp.server.loop import Delivery
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=2"])
+    grid = IdentityGrid({11: 0, 12: 1, 13: "ValueError: node config data-file = 'x.tsv': bad"})
+    clients_file = tmp_path / "clients.json"
+    transport = GridTransport(grid, cfg, ["a", "b"], start_wait_s=0, clients_file=clients_file)
+    # resumed: rows before the interruption count
+    transport.restore([{"clients": "0 1", "failed_clients": "1"}, {"clients": "0 2"}])
+    assert sorted(transport.available_partitions()) == [0, 1]
+    transport._count(Delivery(failed={0: "no reply before the round timeout"}))
+    grid.answers[21], grid.alive = 0, [21, 12, 13]  # client 0's device rejoined as node 21
+    assert sorted(transport.available_partitions()) == [0, 1]
+    assert grid.queried == [11, 12, 13, 21]  # the node that failed its identity is not re-asked
+    shown = json.loads(clients_file.read_text())
+    by_client = {c["client"]: c for c in shown}
+    assert by_client[0]["node_id"] == 21 and by_client[0]["rounds_trained"] == 2
+    assert by_client[0]["rounds_failed"] == 1 and "timeout" in by_client[0]["last_failure"]
+    assert by_client[1]["rounds_failed"] == 1 and by_client[2]["rounds_trained"] == 1
+    assert by_client[None]["node_id"] == 13 and "x.tsv" in by_client[None]["last_failure"]
+
+
 class JoiningGrid:
     """SuperNodes connect one by one, as after `flwr run` was called before the devices."""
 

@@ -91,10 +91,25 @@ def test_worker_trains_on_the_file_and_caches_its_activations(tiny_model_dir, tm
     assert on_partition["data"] == "partition" and on_partition["cache_hits"] == 0
 
 
-def test_a_node_with_a_missing_file_stays_out_with_a_named_reason(tmp_path):
+@pytest.mark.parametrize(
+    "name, make, named",
+    [
+        ("absent.csv", False, r"data-file = '.*absent.csv': no such file on this device"),
+        ("mine.tsv", True, r"data-file = '.*mine.tsv': unsupported file type; use .csv"),
+    ],
+)
+def test_a_node_with_a_bad_file_stays_out_with_a_named_reason(tmp_path, name, make, named):
+    if make:
+        (tmp_path / name).write_text("text\tlabel\nhi\tsport\n")
     cfg = load_config()
-    context = SimpleNamespace(node_config={"partition-id": 4, "data-file": str(tmp_path / "x")})
-    assert client_app._identity(context, cfg)[2] == str(tmp_path / "x")
+    context = SimpleNamespace(node_config={"partition-id": 4, "data-file": str(tmp_path / name)})
+    assert client_app._identity(context, cfg)[2] == str(tmp_path / name)
     msg = SimpleNamespace(content={"config": {"experiment": "[data]\nmax_length = 32\n"}})
-    with pytest.raises(ValueError, match=r"data-file = '.*x': no such file on this device"):
+    with pytest.raises(ValueError, match=named):
         client_app.query(msg, context)
+
+
+def test_the_light_file_type_check_matches_the_loader():
+    from autofednlp.data.sources import FILE_BUILDERS
+
+    assert set(client_app.DATA_FILE_TYPES) == set(FILE_BUILDERS)

@@ -35,13 +35,28 @@ def _identity(context: Context, cfg: ExperimentConfig) -> tuple[int, str, str]:
     return pid, device, str(node.get("data-file", ""))
 
 
+# the file types data.sources reads (a test keeps the two in step); here without importing
+# it, which would load torch for a query that must stay light
+DATA_FILE_TYPES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def check_data_file(data_file: str) -> None:
+    """What a device can check before it is asked to train: a node whose file is missing or of
+    the wrong type stays out of the run, named, instead of failing every round it is sampled."""
+    path = Path(data_file).expanduser()
+    field = f"node config data-file = {data_file!r}"
+    if path.suffix.lower() not in DATA_FILE_TYPES:
+        raise ValueError(f"{field}: unsupported file type; use {', '.join(DATA_FILE_TYPES)}")
+    if not path.is_file():
+        raise ValueError(f"{field}: no such file on this device")
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     cfg = _experiment(str(msg.content["config"]["experiment"]))
     pid, device, data_file = _identity(context, cfg)
-    if data_file and not Path(data_file).expanduser().is_file():
-        # checked here, without importing torch: the node stays out of the run, named
-        raise ValueError(f"node config data-file = {data_file!r}: no such file on this device")
+    if data_file:
+        check_data_file(data_file)
     reply = ConfigRecord({"partition_id": pid, "device": device, "data_file": data_file})
     return Message(RecordDict({"identity": reply}), reply_to=msg)
 

@@ -115,7 +115,9 @@ def _encode_labels(
     return [ids[v] for v in values], [str(v) for v in names]
 
 
-def _from_table(tables: list[Any], cfg: DataConfig, where: str, name: str) -> TextDataset:
+def _from_table(
+    tables: list[Any], cfg: DataConfig, where: str, name: str, field: str = "data.dataset"
+) -> TextDataset:
     """Texts and labels from one or more `datasets.Dataset`s with the configured columns."""
     from datasets import ClassLabel
 
@@ -140,7 +142,7 @@ def _from_table(tables: list[Any], cfg: DataConfig, where: str, name: str) -> Te
                 texts.append("" if text is None else str(text))
                 raw.append(label)
     if not raw:
-        raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no labelled rows")
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no labelled rows")
     labels, names = _encode_labels(raw, class_names, cfg.label_column, where)
     return TextDataset(texts, labels, names, name)
 
@@ -199,7 +201,7 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
     if len(table) == 0:
         raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no rows")
     try:
-        return _from_table([table], cfg, where, path.stem)
+        return _from_table([table], cfg, where, path.stem, field)
     except UnicodeDecodeError:
         # the json reader keeps invalid bytes unchecked; they surface only when read
         raise not_utf8 from None

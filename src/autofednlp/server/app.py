@@ -64,6 +64,7 @@ class GridTransport:
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.device_of: dict[int, str] = {}
         self.clients: dict[int, dict[str, Any]] = {}  # partition id -> what clients.json shows
+        self.unidentified: dict[int, str] = {}  # node id -> why it did not identify itself
         self._started = False
 
     def wait_for_nodes(self, poll_s: float = 2.0) -> None:
@@ -89,7 +90,9 @@ class GridTransport:
             time.sleep(poll_s)
 
     def _discover(self, node_ids: list[int]) -> None:
-        known = set(self.node_of.values())
+        # A node that answered with an error (say, its data file is missing) is not asked again:
+        # fixing it means restarting its SuperNode, which then joins under a new node id.
+        known = set(self.node_of.values()) | set(self.unidentified)
         new = [n for n in node_ids if n not in known]
         if not new:
             return
@@ -100,24 +103,42 @@ class GridTransport:
         for reply in replies:
             nid = node_of_msg.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                log.warning("node %d did not identify itself: %s", nid, reply.error.reason)
+                why = reply.error.reason.strip().splitlines()[-1][:300]
+                log.warning("node %d did not identify itself: %s", nid, why)
+                self.unidentified[nid] = why
                 continue
             ident = reply.content["identity"]
             pid = int(ident["partition_id"])
-            if pid in self.node_of and self.node_of[pid] != nid:
-                log.warning("node %d also claims client id %d: it replaces node %d",
-                            nid, pid, self.node_of[pid])  # fmt: skip
+            old = self.node_of.get(pid)
+            if old is not None and old != nid and old in node_ids:
+                log.warning("node %d also claims client id %d: it replaces node %d", nid, pid, old)
             self.node_of[pid] = nid
             self.device_of[pid] = str(ident["device"])
             data = str(ident.get("data_file", "")) or f"partition {pid} of {self.cfg.data.dataset}"
-            self.clients[pid] = {"node_id": nid, "device": self.device_of[pid], "data": data}
+            # a device that rejoined under a new node id keeps its history
+            info = self.clients.setdefault(pid, {})
+            info.update(node_id=nid, device=self.device_of[pid], data=data)
         self._write_clients()
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Resuming: count the rounds each client trained and failed before the interruption
+        from the run's rows, so clients.json agrees with rounds.csv."""
+        for row in rows:
+            failed = set(str(row.get("failed_clients") or "").split())
+            for pid in str(row.get("clients") or "").split():
+                info = self.clients.setdefault(int(pid), {})
+                key = "rounds_failed" if pid in failed else "rounds_trained"
+                info[key] = info.get(key, 0) + 1
 
     def _write_clients(self) -> None:
         """Which node is which client, its device and data, and how its rounds went."""
         if self.clients_file is None:
             return
         rows = [{"client": pid, **info} for pid, info in sorted(self.clients.items())]
+        rows += [
+            {"client": None, "node_id": nid, "last_failure": f"did not identify itself: {why}"}
+            for nid, why in sorted(self.unidentified.items())
+        ]
         tmp = self.clients_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
         tmp.replace(self.clients_file)
@@ -237,6 +258,8 @@ def make_server_app(
         rd = Path(run_dir if run_dir is not None else new_run_dir(c))
         data = client_data(c)
         transport = GridTransport(grid, c, data.label_names, clients_file=rd / "clients.json")
+        if resume:
+            transport.restore(resume["rows"])
         make_run(c, data, transport, rd, progress, resume).run()
 
     return server_app
