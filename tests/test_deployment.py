@@ -508,7 +508,11 @@ def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
     }
     assert clients[2]["data"].endswith("node2-data.csv") and clients[2]["device"] == "rpi4"
     assert clients[0]["data"].startswith("partition 0 of")
-    if clients[2].get("rounds_trained"):
+    trained = [
+        r for r in rows if "2" in r["clients"].split() and "2" not in r["failed_clients"].split()
+    ]
+    assert clients[2].get("rounds_trained", 0) == len(trained), (clients, rows)
+    if trained:  # it trained on its own 12 rows, not on partition 2 of the server's data
         assert clients[2]["examples"] == OWN_ROWS, clients
     first = max(float(r["val_accuracy"]) for r in rows if r["round"] == "1")
     final, chance = summary["final_val_accuracy"], 1 / 5
@@ -519,5 +523,6 @@ def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
     print(
         f"\ndeployment: ready in {t_ready - t_start:.0f} s, flwr run {t_done - t_ready:.0f} s, "
         f"round 1 done at {walls[1]:.0f} s of the ServerApp, later rounds {per_round} s, "
-        f"killed node{killed}; failed rows: {[(r['round'], r['failed_clients']) for r in failed]}"
+        f"killed node{killed}; failed rows: {[(r['round'], r['failed_clients']) for r in failed]}; "
+        f"node2 trained on its own file in {len(trained)} rounds"
     )
