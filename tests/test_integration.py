@@ -44,7 +44,7 @@ def test_each_kind_learns_on_bbc_news(tmp_path, kind, rounds):
     assert summary["test_accuracy"] > chance + 0.3, summary
 
 
-def _cli(*args, timeout=600):
+def _cli(*args, timeout=600, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "autofednlp.cli", *args],
@@ -52,6 +52,7 @@ def _cli(*args, timeout=600):
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -98,12 +99,13 @@ def test_cli_run_on_flower_simulation_engine(tmp_path):
         (["missing.toml"], "config file 'missing.toml' does not exist"),
     ],
 )
-def test_cli_user_errors_exit_2_with_one_line(args, fragment):
-    res = _cli("run", *args, timeout=120)
+def test_cli_user_errors_exit_2_with_one_line(args, fragment, tmp_path):
+    res = _cli("run", *args, timeout=120, cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and fragment in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty run directory left behind
 
 
 def test_cli_help_lists_every_option_with_default():

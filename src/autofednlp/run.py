@@ -48,8 +48,9 @@ def run_experiment(
     cfg: ExperimentConfig, run_dir: str | None = None, progress: str | bool = "lines"
 ) -> dict[str, Any]:
     """Run `cfg` on its configured engine and return the summary."""
-    rd = new_run_dir(cfg, run_dir)
+    rd = new_run_dir(cfg, run_dir, create=False)
     preflight(cfg)
+    rd.mkdir(parents=True, exist_ok=True)
     return _run_and_clean(cfg, rd, progress, None)
 
 

@@ -60,8 +60,11 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{str(path)!r} cannot be read ({type(e).__name__})") from None
 
 
-def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None) -> Path:
-    """`run_dir` if given (it must not exist yet), else `<output_dir>/<name>-<timestamp>`."""
+def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None, create: bool = True) -> Path:
+    """`run_dir` if given (it must not exist yet), else `<output_dir>/<name>-<timestamp>`.
+
+    With `create=False` the directory is only chosen and checked: a run that then fails its
+    preflight leaves nothing behind."""
     if run_dir is not None:
         p = Path(run_dir)
         if p.exists() and any(p.iterdir()):
@@ -73,7 +76,8 @@ def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None) -> Path:
         while p.exists():
             p = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
             i += 1
-    p.mkdir(parents=True, exist_ok=True)
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
     return p.resolve()
 
 
