@@ -37,6 +37,20 @@ def test_report_writes_plots_and_their_data(finished_run, tmp_path, capsys):
     assert (tmp_path / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_trajectory_starts_from_the_runs_own_configuration():
+    from autofednlp.report.plots import trajectory_steps
+
+    traj = [
+        {"sim_time_s": 2.0, "depth": 1, "width": 8},  # trial 1: deeper won
+        {"sim_time_s": 5.0, "depth": 1, "width": 16},  # trial 2: wider won
+    ]
+    assert trajectory_steps(traj, {"depth": 0, "width": 8}) == (
+        [0.0, 2.0, 5.0],
+        [0, 1, 1],
+        [8, 8, 16],
+    )
+
+
 def test_report_on_a_non_run_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
         except ValueError:
             raise ConfigError(f"{str(d / 'summary.json')!r} is not valid JSON") from None
-    return {"dir": d, "name": d.name, "summary": summary, "rows": rows}
+    tune = {}
+    if (d / "config.toml").is_file():
+        try:
+            tune = tomllib.loads((d / "config.toml").read_text(encoding="utf-8")).get("tune", {})
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{str(d / 'config.toml')!r} is not valid TOML") from None
+    return {"dir": d, "name": d.name, "summary": summary, "rows": rows, "tune": tune}
 
 
 def _num(v: str | None) -> float | None:
@@ -44,6 +51,18 @@ def accuracy_curve(rows: list[dict[str, str]]) -> list[tuple[float, float]]:
         best = max(best, acc)
         out.append((t, best))
     return out
+
+
+def trajectory_steps(
+    trajectory: list[dict[str, Any]], tune: dict[str, Any]
+) -> tuple[list[float], list[int], list[int]]:
+    """(simulated seconds, depth, width) steps: the run's starting [tune] configuration at 0 s,
+    then each trial's winner from the end of that trial."""
+    first = trajectory[0]
+    xs = [0.0] + [t["sim_time_s"] for t in trajectory]
+    depths = [tune.get("depth", first["depth"])] + [t["depth"] for t in trajectory]
+    widths = [tune.get("width", first["width"])] + [t["width"] for t in trajectory]
+    return xs, depths, widths
 
 
 def comparison_table(runs: list[dict[str, Any]]) -> str:
@@ -73,6 +92,7 @@ def write_report(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,25 +118,29 @@ def write_report(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
     plt.close(fig)
     written += [out / "accuracy_vs_time.png", out / "accuracy_vs_time.csv"]
 
-    trajectories = [(r["name"], r["summary"].get("trajectory")) for r in runs]
-    trajectories = [(n, t) for n, t in trajectories if t]
+    trajectories = [(r["name"], r["summary"].get("trajectory"), r["tune"]) for r in runs]
+    trajectories = [(n, t, tune) for n, t, tune in trajectories if t]
     if trajectories:
         fig, (ax_d, ax_w) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+        seen_d: list[int] = []
+        seen_w: list[int] = []
         with open(out / "trajectory.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["run", "trial", "winner", "depth", "width", "sim_time_s"])
-            for name, traj in trajectories:
+            for name, traj, tune in trajectories:
                 w.writerows(
                     (name, t["trial"], t["winner"], t["depth"], t["width"], t["sim_time_s"])
                     for t in traj
                 )
-                xs = [0.0] + [t["sim_time_s"] for t in traj]
-                ax_d.step(
-                    xs, [traj[0]["depth"]] + [t["depth"] for t in traj], where="post", label=name
-                )
-                ax_w.step(xs, [traj[0]["width"]] + [t["width"] for t in traj], where="post")
+                xs, depths, widths = trajectory_steps(traj, tune)
+                ax_d.step(xs, depths, where="post", label=name)
+                ax_w.step(xs, widths, where="post")
+                seen_d, seen_w = seen_d + depths, seen_w + widths
         ax_d.set(ylabel="depth")
         ax_w.set(ylabel="width", xlabel="simulated time (s)")
+        for ax, seen in ((ax_d, seen_d), (ax_w, seen_w)):  # whole layers and dims
+            ax.set_ylim(min(seen) - 0.5, max(seen) + 0.5)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax_d.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "trajectory.png", dpi=110)
