@@ -127,7 +127,9 @@ def test_profile_measures_and_saves(tiny_model_dir, tmp_path, capsys):
 
 
 def test_datasets_and_devices_list_what_is_available(capsys):
-    assert main(["datasets"]) == 0 and "bbc_news" in capsys.readouterr().out
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "bbc_news" in out and "labels: business, entertainment, politics, sports, tech" in out
     assert main(["devices"]) == 0
     assert "jetson-tx2" in capsys.readouterr().out
 

@@ -255,6 +255,7 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
     assert [r.partition_id for r in out.replies] == [0]
     assert out.failed[1].startswith("Error: Node Unavailable")
     assert out.failed[2] == "no reply before the round timeout"
+    assert out.lost == {1, 2}  # both cost the round its timeout on the simulated clock
     assert 3 <= transport.grid.pulls <= 12  # every 0.1 s until the 1 s timeout, not every 3 s
     # the label set travels with every task: devices with their own files number labels by it
     assert all(list(m.content["config"]["label_names"]) == labels for m in transport.grid.sent)

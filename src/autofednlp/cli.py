@@ -114,7 +114,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     print("bundled (no network needed):")
+    from autofednlp.data.sources import bbc_news_topics
+
     print("  bbc_news      BBC News, 2,225 articles, 5 topics (text classification)")
+    print(f"                labels: {', '.join(bbc_news_topics())}")
     print("  twitter_ner   Twitter NER, 2,395 tweets, BIO tags of 10 types (loader only so far)")
     print("your own files: data.dataset = path to .csv / .json / .jsonl / .parquet,")
     print("  with data.text_column and data.label_column naming the columns")

@@ -62,7 +62,7 @@ class DataConfig:
     label_column: str = _f("label", "column holding the class label (local and hub datasets)")
     labels: list[str] = _f(
         [],
-        'the label set, in order (label ids follow it), e.g. ["business", "sport"]; a '
+        'the label set, in order (label ids follow it), e.g. ["neg", "pos"]; a '
         "sample with a label outside it is an error. Empty = the labels found in the data",
     )
     max_length: int = _f(128, "tokens per sample after truncation")

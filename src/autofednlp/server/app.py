@@ -10,6 +10,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.config import get_project_dir
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from autofednlp.config import ExperimentConfig, load_config, to_toml
@@ -188,6 +189,8 @@ class GridTransport:
                 continue
             if reply.has_error():
                 out.failed[pid] = reply.error.reason.strip().splitlines()[-1][:300]
+                if reply.error.code == ErrorCode.NODE_UNAVAILABLE:  # its device went away
+                    out.lost.add(pid)
                 continue
             try:
                 state = reply.content["arrays"].to_torch_state_dict()
@@ -199,6 +202,7 @@ class GridTransport:
         for pid in pid_of.values():
             if pid not in out.failed and all(r.partition_id != pid for r in out.replies):
                 out.failed[pid] = "no reply before the round timeout"
+                out.lost.add(pid)
         self._count(out)
         return out
 

@@ -73,6 +73,9 @@ class TrainReply:
 class Delivery:
     replies: list[TrainReply] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # partition id -> why
+    # the failed clients the round had to wait for (no reply, device lost), as opposed to
+    # those that answered at once with an error: only these make a round last its timeout
+    lost: set[int] = field(default_factory=set)
 
 
 class Transport(Protocol):
@@ -272,7 +275,7 @@ class FederatedRun:
             results.append(
                 GroupResult(
                     new_state,
-                    self._round_cost(costs, failed),
+                    self._round_cost(costs, delivery.lost & set(clients)),
                     clients,
                     failed,
                     sum(losses) / len(losses) if losses else None,
@@ -282,10 +285,10 @@ class FederatedRun:
             )
         return results
 
-    def _round_cost(self, costs: list[ClientCost], failed: dict[int, str]) -> RoundCost:
+    def _round_cost(self, costs: list[ClientCost], lost: set[int]) -> RoundCost:
         rc = RoundCost.of(costs)
         timeout = self.cfg.federation.round_timeout_s
-        if failed and timeout > 0:
+        if lost and timeout > 0:
             # A synchronous round with a lost client lasts until the server gives up on it.
             rc = dataclasses.replace(rc, duration_s=max(rc.duration_s, timeout))
         return rc
