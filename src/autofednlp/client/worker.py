@@ -63,8 +63,8 @@ def local_data(
     names its own `data_file`, that file's rows with labels numbered by `label_names`."""
     if data_file:
         tokenizer = resolve_model_path(cfg.model.name)
-        samples = load_device_data(cfg.data, data_file, label_names, tokenizer)
         key = device_data_key(cfg.data, data_file, label_names, tokenizer)
+        samples = load_device_data(cfg.data, data_file, label_names, tokenizer, key=key)
         ids = torch.arange(len(samples))
         return LocalData(samples, ids, len(label_names), f"file-{key[:16]}")
     data = client_data(cfg)

@@ -48,8 +48,7 @@ def device_data_key(cfg: DataConfig, path: str, label_names: Sequence[str], toke
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def check_data_file(path: str) -> None:
-    """The cheap checks a device can make before it is asked to train (no imports)."""
+def _require_file(path: str) -> None:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{FIELD} = {path!r}: no such file on this device")
@@ -61,14 +60,16 @@ def load_device_data(
     label_names: Sequence[str],
     tokenizer_path: str,
     cache_dir: str | Path | None = None,
+    key: str | None = None,
 ) -> TokenizedSplit:
     """The labelled rows of the device's file `path`, tokenized, labels numbered by
     `label_names`. A device may hold one class only (that is label skew, not a mistake);
-    a label outside the set is a `ConfigError` naming the file and the label."""
+    a label outside the set is a `ConfigError` naming the file and the label. `key` is
+    `device_data_key(...)` of these arguments when the caller has it already."""
     if len(label_names) < 2:
         raise ValueError("the server sent no label set with the task")
-    check_data_file(path)
-    key = device_data_key(cfg, path, label_names, tokenizer_path)
+    _require_file(path)
+    key = key or device_data_key(cfg, path, label_names, tokenizer_path)
     if key in _memory_cache:
         return _memory_cache[key]
     cache = Path(cache_dir or default_cache_dir()).expanduser() / f"device-{key[:24]}.pt"

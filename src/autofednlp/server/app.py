@@ -63,7 +63,6 @@ class GridTransport:
         self.start_wait_s = start_wait_s
         self.clients_file = clients_file
         self.node_of: dict[int, int] = {}  # partition id -> node id
-        self.device_of: dict[int, str] = {}
         self.clients: dict[int, dict[str, Any]] = {}  # partition id -> what clients.json shows
         self.unidentified: dict[int, str] = {}  # node id -> why it did not identify itself
         self._started = False
@@ -114,11 +113,10 @@ class GridTransport:
             if old is not None and old != nid and old in node_ids:
                 log.warning("node %d also claims client id %d: it replaces node %d", nid, pid, old)
             self.node_of[pid] = nid
-            self.device_of[pid] = str(ident["device"])
             data = str(ident.get("data_file", "")) or f"partition {pid} of {self.cfg.data.dataset}"
             # a device that rejoined under a new node id keeps its history
             info = self.clients.setdefault(pid, {})
-            info.update(node_id=nid, device=self.device_of[pid], data=data)
+            info.update(node_id=nid, device=str(ident["device"]), data=data)
         self._write_clients()
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
