@@ -1,14 +1,23 @@
-"""Time to accuracy, side by side: full fine-tuning, layer freezing, fixed adapters, AutoFedNLP.
+"""Time to target, side by side: fixed adapter configurations against AutoFedNLP, over
+several data settings and seeds (plus full fine-tuning and layer freezing on request).
 
-Every method runs on the same data, partition, seed and device/network profile, and stops when
-its validation accuracy first reaches the target (or at its round cap). Simulated time comes
-from the cost model, so the ratios do not depend on how busy this machine is.
+Every method runs its full round cap on the same data, partition, seed and device/network
+profile. Only then are the targets set: 90/95/98% of the best validation reading any method
+reached in that setting and seed, so no method's stopping rule shapes them. A method's time to
+a target is the first simulated time at which the model the server would hand out at that
+moment (a fixed run's global model; AutoFedNLP's current configuration and weights, never a
+losing trial group's) reached it and held it for `--hold` consecutive evaluations
+(`autofednlp.report.results.time_to_target`, the same definition as every run's summary).
+Simulated time comes from the cost model, so the figures do not depend on this machine's load.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py                  # the whole comparison
-    .venv/bin/python benchmarks/time_to_accuracy.py --suite baselines  # no AutoFedNLP runs
-    .venv/bin/python benchmarks/time_to_accuracy.py --quick          # a small smoke run
+    .venv/bin/python benchmarks/time_to_accuracy.py                    # the default comparison
+    .venv/bin/python benchmarks/time_to_accuracy.py --methods fixed    # the fixed grid alone
+    .venv/bin/python benchmarks/time_to_accuracy.py --settings a1-100 --seeds 0 --quick
 
-Writes results.csv, results.json and accuracy_vs_time.png to --out.
+Finished runs are reused when their configuration is identical (`--fresh` to rerun), so an
+interrupted benchmark continues where it stopped; a run stopped half-way is reported from the
+rounds it recorded, marked partial. Writes results.csv, results.json, table.md and one
+accuracy-against-time plot per setting to --out.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -26,209 +37,389 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from autofednlp.config import load_config  # noqa: E402
-from autofednlp.run import run_experiment  # noqa: E402
+from autofednlp.config import ConfigError, load_config  # noqa: E402
+from autofednlp.report.results import time_to_target  # noqa: E402
 
-QUICK_DATA = ["data.max_samples=800", "data.num_clients=30", "data.max_length=64"]
+# Label skew settings (alpha, clients). 100 clients at alpha 0.1 leave some clients without a
+# sample (the partitioner refuses), hence 30 there.
+SETTINGS = {
+    "a1-100": ("data.alpha=1.0", "data.num_clients=100"),
+    "a0.5-100": ("data.alpha=0.5", "data.num_clients=100"),
+    "a0.1-30": ("data.alpha=0.1", "data.num_clients=30"),
+}
+DEFAULT_GRID = "1x8,2x8,4x8,1x32,2x32,4x32"
+FRACTIONS = (0.90, 0.95, 0.98)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    family: str  # full | freeze | fixed | autofed
+    family: str  # full | freeze | fixed | fixed-nocache | autofed
     overrides: tuple[str, ...]
-    max_rounds: int
 
 
-def methods(suite: str, quick: bool) -> list[Method]:
-    nocache = "client.activation_cache=false"
-    full = [Method("full fine-tuning", "full", ("tune.kind=full", nocache), 8 if quick else 12)]
-    freeze = [
-        Method(f"freeze top {d}", "freeze", ("tune.kind=freeze", f"tune.depth={d}", nocache), 12)
-        for d in ((1, 2) if quick else (1, 2, 4))
-    ]
-    grid = [(1, 8), (2, 32)] if quick else [(d, w) for d in (1, 2, 4, 6) for w in (8, 32, 64)]
-    fixed = [
-        Method(
-            f"adapters d={d} w={w}",
-            "fixed",
-            ("tune.kind=bottleneck", f"tune.depth={d}", f"tune.width={w}", nocache),
-            20,
-        )
-        for d, w in grid
-    ]
+def methods(which: list[str], grid: list[tuple[int, int]]) -> list[Method]:
+    cache, nocache = "client.activation_cache=true", "client.activation_cache=false"
     auto = ("strategy.name=autofed", "tune.kind=bottleneck", "tune.depth=0", "tune.width=8")
-    autofed = [
-        Method("AutoFedNLP, no cache", "autofed", (*auto, nocache), 40),
-        Method("AutoFedNLP + cache", "autofed", (*auto, "client.activation_cache=true"), 40),
-    ]
-    if suite == "baselines":
-        return full + freeze + fixed
-    # AutoFedNLP before the long grid: partial results (written after every method) then
-    # already hold the comparison that matters most.
-    return full + freeze[:2] + autofed + fixed + freeze[2:]
-
-
-def run_method(m: Method, common: list[str], out: Path, reuse: bool) -> dict:
-    name = m.name.replace(" ", "_").replace("=", "").replace(",", "").replace("+", "with")
-    cfg = load_config(
-        None,
-        [
-            *common,
-            *m.overrides,
-            f"federation.rounds={m.max_rounds}",
-            "federation.stop_at_target=true",
-            f'name="{name}"',
-            f'output_dir="{out / "runs"}"',
+    table = {
+        "autofed": [Method("AutoFedNLP + cache", "autofed", (*auto, cache))],
+        "autofed-published": [
+            Method(
+                "AutoFedNLP (published rule) + cache",
+                "autofed",
+                (*auto, cache, 'strategy.trials="published"'),
+            )
         ],
+        "autofed-nocache": [Method("AutoFedNLP, no cache", "autofed", (*auto, nocache))],
+        "fixed": [
+            Method(f"adapters d={d} w={w}", "fixed", (f"tune.depth={d}", f"tune.width={w}", cache))
+            for d, w in grid
+        ],
+        "fixed-nocache": [
+            Method(
+                f"adapters d={d} w={w}, no cache",
+                "fixed-nocache",
+                (f"tune.depth={d}", f"tune.width={w}", nocache),
+            )
+            for d, w in grid
+        ],
+        "full": [Method("full fine-tuning", "full", ("tune.kind=full", nocache))],
+        "freeze": [
+            Method(f"freeze top {d}", "freeze", ("tune.kind=freeze", f"tune.depth={d}", nocache))
+            for d in (1, 2)
+        ],
+    }
+    out = []
+    for w in which:
+        if w not in table:
+            raise SystemExit(f"--methods: unknown {w!r} (known: {', '.join(table)})")
+        out += table[w]
+    return out
+
+
+def slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+    return "_".join(filter(None, keep.split("_")))
+
+
+def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
+    """Run `m` (or reuse its identical finished run); return its rounds and summary."""
+    from autofednlp.run import run_experiment
+
+    cfg = load_config(
+        None, [*common, *m.overrides, f'name="{slug(m.name)}"', f'output_dir="{out}"']
     )
+    done = out / slug(m.name)
     t0 = time.monotonic()
-    done = out / "runs" / name
-    if reuse and (done / "summary.json").exists() and load_config(done / "config.toml") == cfg:
-        summary = json.loads((done / "summary.json").read_text())
+    reused = False
+    try:
+        same = load_config(done / "config.toml") == cfg
+    except (ConfigError, OSError):
+        same = False
+    if not fresh and same and (done / "summary.json").exists():
+        reused = True
     else:
         shutil.rmtree(done, ignore_errors=True)
-        summary = run_experiment(cfg, run_dir=str(done), progress=False)
-    rows = list(csv.DictReader(open(done / "rounds.csv")))
-    curve = [(float(r["sim_time_s"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
-    tta = summary["time_to_accuracy"]
-    return {
-        "method": m.name,
-        "family": m.family,
-        "final_config": summary["config"],
-        "rounds": summary["rounds"],
-        "tta_s": tta["sim_time_s"] if tta else None,
-        "sim_time_s": summary["sim_time_s"],
-        "traffic_mb": (summary["bytes_up"] + summary["bytes_down"]) / 1e6,
-        "energy_wh": summary["energy_j"] / 3600,
-        "test_accuracy": summary["test_accuracy"],
-        "trajectory": " -> ".join(t["config"] for t in summary.get("trajectory", [])),
-        "wall_s": time.monotonic() - t0,
-        "curve": sorted(curve),
-    }
+        run_experiment(cfg, run_dir=str(done), progress="lines")
+    return {**load_run(done), "wall_s": time.monotonic() - t0, "reused": reused}
 
 
-def add_ratios(results: list[dict]) -> None:
-    full = next((r["tta_s"] for r in results if r["family"] == "full"), None)
-    fixed = [r["tta_s"] for r in results if r["family"] == "fixed" and r["tta_s"] is not None]
-    best_fixed = min(fixed) if fixed else None
-    for r in results:
-        t = r["tta_s"]
-        r["speedup_vs_full"] = full / t if (full and t) else None
-        r["vs_best_fixed"] = t / best_fixed if (best_fixed and t) else None
+def load_run(run_dir: Path) -> dict:
+    """A run's rows and summary; a run without summary.json is partial (stopped early)."""
+    rows = []
+    jsonl = run_dir / "rounds.jsonl"
+    if jsonl.exists():
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return {"rows": rows, "summary": summary, "partial": summary is None}
+
+
+def served_curve(rows: list[dict], column: str) -> list[tuple[float, float]]:
+    pts = [
+        (r["sim_time_s"], r[column])
+        for r in rows
+        if r.get(column) is not None and r.get("served", True)
+    ]
+    return sorted(pts)
+
+
+def analyse(results: list[dict], hold: int, column: str) -> list[dict]:
+    """Per setting and seed: targets from the best reading of any method, each method's time
+    to each target, and the ratio to the best fixed configuration (with the cache)."""
+    rows_out = []
+    keys = sorted({(r["setting"], r["seed"]) for r in results})
+    for setting, seed in keys:
+        group = [r for r in results if r["setting"] == setting and r["seed"] == seed]
+        best = max((v for r in group for _, v in served_curve(r["rows"], column)), default=None)
+        if best is None:
+            continue
+        for frac in FRACTIONS:
+            target = frac * best
+            ttas = {
+                r["method"]: (time_to_target(r["rows"], target, column, hold) or {}).get(
+                    "sim_time_s"
+                )
+                for r in group
+            }
+            fixed = {
+                r["method"]: ttas[r["method"]]
+                for r in group
+                if r["family"] == "fixed" and ttas[r["method"]] is not None
+            }
+            best_fixed = min(fixed.items(), key=lambda kv: kv[1]) if fixed else None
+            full = next((ttas[r["method"]] for r in group if r["family"] == "full"), None)
+            for r in group:
+                t = ttas[r["method"]]
+                rows_out.append(
+                    {
+                        "setting": setting,
+                        "seed": seed,
+                        "fraction": frac,
+                        "target": round(target, 4),
+                        "best_any": round(best, 4),
+                        "method": r["method"],
+                        "family": r["family"],
+                        "partial": r["partial"],
+                        "tta_s": t,
+                        "best_fixed": best_fixed[0] if best_fixed else None,
+                        "best_fixed_s": best_fixed[1] if best_fixed else None,
+                        "vs_best_fixed": t / best_fixed[1] if (t and best_fixed) else None,
+                        "speedup_vs_full": full / t if (full and t) else None,
+                    }
+                )
+    return rows_out
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def print_table(results: list[dict], target: float) -> str:
-    head = (
-        f"{'method':<22} {'rounds':>6} {'sim s to ' + format(target, '.0%'):>12} "
-        f"{'traffic MB':>11} {'energy Wh':>10} {'test acc':>9} {'x vs full':>10} "
-        f"{'/ best fixed':>12}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        lines.append(
-            f"{r['method']:<22} {r['rounds']:>6} "
-            f"{_fmt(r['tta_s'], '.2f', 'not reached'):>12} "
-            f"{r['traffic_mb']:>11.1f} {r['energy_wh']:>10.3f} {r['test_accuracy']:>9.3f} "
-            f"{_fmt(r['speedup_vs_full'], '.1f'):>10} {_fmt(r['vs_best_fixed'], '.2f'):>12}"
-        )
+def markdown(analysis: list[dict], results: list[dict]) -> str:
+    """The summary tables: AutoFedNLP against the best fixed configuration per target (mean
+    and spread over seeds), then every method's time to each target per seed."""
+    lines = [
+        "| setting | target (of best) | AutoFedNLP + cache / best fixed, mean over seeds "
+        "| per seed (AutoFedNLP s / best fixed s, which) |",
+        "|---|---|---|---|",
+    ]
+    settings = sorted({a["setting"] for a in analysis}, key=list(SETTINGS).index)
+    autofed_methods = sorted({a["method"] for a in analysis if a["family"] == "autofed"})
+    for name in autofed_methods:
+        lines[0] = lines[0] if len(autofed_methods) == 1 else lines[0]
+        for setting in settings:
+            for frac in FRACTIONS:
+                cells = [
+                    a
+                    for a in analysis
+                    if a["setting"] == setting and a["fraction"] == frac and a["method"] == name
+                ]
+                ratios = [a["vs_best_fixed"] for a in cells]
+                if not cells:
+                    continue
+                if all(r is not None for r in ratios):
+                    mean = statistics.mean(ratios)
+                    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+                    agg = f"**{mean:.2f}**{spread}"
+                else:
+                    agg = "**not reached** in " + ", ".join(
+                        f"seed {a['seed']}" for a in cells if a["vs_best_fixed"] is None
+                    )
+                per = "; ".join(
+                    f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', 'not reached')} / "
+                    f"{_fmt(a['best_fixed_s'], '.2f')} ({a['best_fixed']})"
+                    for a in cells
+                )
+                label = setting if len(autofed_methods) == 1 else f"{setting}, {name}"
+                lines.append(f"| {label} | {frac:.0%} | {agg} | {per} |")
+    lines += ["", "Every method, simulated seconds to each target (s = seed):", ""]
+    methods_in = list(dict.fromkeys(r["method"] for r in results))
+    head = "| setting, seed | target | " + " | ".join(methods_in) + " |"
+    lines += [head, "|" + "---|" * (len(methods_in) + 2)]
+    for setting in settings:
+        for seed in sorted({a["seed"] for a in analysis if a["setting"] == setting}):
+            for frac in FRACTIONS:
+                cells = {
+                    a["method"]: a
+                    for a in analysis
+                    if a["setting"] == setting and a["seed"] == seed and a["fraction"] == frac
+                }
+                if not cells:
+                    continue
+                tgt = next(iter(cells.values()))["target"]
+                vals = []
+                for m in methods_in:
+                    a = cells.get(m)
+                    v = "" if a is None else _fmt(a["tta_s"], ".2f", "-")
+                    if a is not None and a["partial"]:
+                        v += " (partial)"
+                    vals.append(v)
+                lines.append(f"| {setting}, s{seed} | {tgt:.3f} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], target: float, path: Path) -> None:
+def plot(results: list[dict], analysis: list[dict], column: str, out: Path) -> list[Path]:
+    """One PNG per setting: every method's served reading against simulated time (seed of
+    the first result), with the three targets as labelled lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = {"full": "k-", "freeze": "--", "fixed": ":", "autofed": "-"}
-    for r in results:
-        if not r["curve"]:
-            continue
-        xs, ys = zip(*r["curve"])
-        lw = 2.5 if r["family"] == "autofed" else 1.2
-        ax.plot(xs, ys, styles[r["family"]], label=r["method"], linewidth=lw, alpha=0.9)
-    ax.axhline(target, color="grey", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("simulated time (s, log scale)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Validation accuracy against simulated time")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paths = []
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        runs = [r for r in results if r["setting"] == setting]
+        seed = runs[0]["seed"]
+        runs = [r for r in runs if r["seed"] == seed]
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        cmap = plt.get_cmap("tab10")
+        for i, r in enumerate(runs):
+            pts = served_curve(r["rows"], column)
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            auto = r["family"] == "autofed"
+            ax.plot(
+                xs,
+                ys,
+                color="black" if auto else cmap(i % 10),
+                linestyle="-" if auto else ("--" if i % 2 else ":"),
+                linewidth=2.4 if auto else 1.3,
+                label=r["method"],
+                marker="o" if auto else None,
+                markersize=3,
+            )
+        targets = sorted(
+            {
+                (a["fraction"], a["target"])
+                for a in analysis
+                if a["setting"] == setting and a["seed"] == seed
+            }
+        )
+        for frac, tgt in targets:
+            ax.axhline(tgt, color="grey", linewidth=0.8, linestyle="-.")
+            ax.annotate(
+                f"{frac:.0%} of best ({tgt:.3f})",
+                xy=(1.0, tgt),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 2),
+                textcoords="offset points",
+                ha="right",
+                fontsize=7,
+                color="dimgrey",
+            )
+        lo = min((a["target"] for a in analysis if a["setting"] == setting), default=0.5)
+        ax.set_ylim(max(0.0, lo - 0.25), 1.0)
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylabel(f"validation {column.removeprefix('val_')} of the served model")
+        ax.set_title(f"{setting} (Dirichlet alpha, clients), seed {seed}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        fig.tight_layout()
+        path = out / f"accuracy_vs_time_{setting}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_outputs(results: list[dict], args: argparse.Namespace, out: Path) -> str:
+    analysis = analyse(results, args.hold, args.column)
+    table = markdown(analysis, results)
+    (out / "table.md").write_text(table + "\n")
+    if analysis:
+        with open(out / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(analysis[0]))
+            w.writeheader()
+            w.writerows(analysis)
+    runs = [
+        {k: v for k, v in r.items() if k not in ("rows", "summary")}
+        | {
+            "final_config": (r["summary"] or {}).get("config"),
+            "trajectory": [t["config"] for t in (r["summary"] or {}).get("trajectory", [])],
+            "test_accuracy": (r["summary"] or {}).get("test_accuracy"),
+            "rounds": len({row["round"] for row in r["rows"]}),
+        }
+        for r in results
+    ]
+    (out / "results.json").write_text(
+        json.dumps({"args": vars(args), "runs": runs, "analysis": analysis}, indent=1)
+    )
+    if analysis:
+        plot(results, analysis, args.column, out)
+    return table
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--suite", choices=["all", "baselines"], default="all")
-    p.add_argument("--quick", action="store_true", help="fewer methods and a smaller dataset")
-    p.add_argument("--target", type=float, default=0.9, help="validation accuracy target")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--settings", default=",".join(SETTINGS), help="comma list of " + ", ".join(SETTINGS)
+    )
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds")
+    p.add_argument(
+        "--methods",
+        default="fixed,autofed",
+        help="comma list: fixed, fixed-nocache, autofed, autofed-published, autofed-nocache, "
+        "full, freeze",
+    )
+    p.add_argument("--grid", default=DEFAULT_GRID, help="fixed configurations, DEPTHxWIDTH")
+    p.add_argument("--rounds", type=int, default=20, help="round cap of every method")
+    p.add_argument("--hold", type=int, default=2, help="evaluations a target must hold")
+    p.add_argument("--column", default="val_accuracy", help="the rows' metric column")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per sample")
     p.add_argument("--device", default="jetson-tx2", help="device profile of every client")
     p.add_argument("--mb-per-s", type=float, default=1.0, help="link bandwidth, both ways")
-    p.add_argument("--engine", default="inprocess", choices=["inprocess", "simulation"])
+    p.add_argument("--quick", action="store_true", help="800 samples, 6 rounds: a smoke run")
     p.add_argument("--out", default="benchmarks/results/time_to_accuracy")
     p.add_argument("--set", action="append", default=[], help="extra config override")
-    p.add_argument(
-        "--reuse",
-        action="store_true",
-        help="reuse a method's finished run in --out when its configuration is identical",
-    )
+    p.add_argument("--fresh", action="store_true", help="rerun even identical finished runs")
     args = p.parse_args()
+    if args.quick:
+        args.rounds = min(args.rounds, 6)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    common = [
-        f"seed={args.seed}",
-        f"federation.target_accuracy={args.target}",
-        f"federation.engine={args.engine}",
-        f"cost.devices={{{args.device} = 1}}",
-        f"cost.upload_mb_per_s={args.mb_per_s}",
-        f"cost.download_mb_per_s={args.mb_per_s}",
-        *(
-            ["data.max_samples=800", "data.num_clients=30", "data.max_length=64"]
-            if args.quick
-            else []
-        ),
-        *args.set,
-    ]
+    grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",") if g]
+    todo = methods(args.methods.split(","), grid)
+    settings = args.settings.split(",")
+    for s in settings:
+        if s not in SETTINGS:
+            raise SystemExit(f"--settings: unknown {s!r} (known: {', '.join(SETTINGS)})")
+    seeds = [int(s) for s in args.seeds.split(",")]
     results = []
-    todo = methods(args.suite, args.quick)
-    for i, m in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {m.name} ...", file=sys.stderr, flush=True)
-        r = run_method(m, common, out, args.reuse)
-        print(
-            f"    rounds {r['rounds']}, time to target {_fmt(r['tta_s'], '.2f', 'not reached')} s, "
-            f"test acc {r['test_accuracy']:.3f}, wall {r['wall_s']:.0f} s",
-            file=sys.stderr,
-            flush=True,
+    # Seed-major: the first seed of every setting is complete before the second starts.
+    plan = [(seed, s, m) for seed in seeds for s in settings for m in todo]
+    for i, (seed, setting, m) in enumerate(plan, 1):
+        common = [
+            f"seed={seed}",
+            *SETTINGS[setting],
+            f"data.max_length={args.max_length}",
+            *(["data.max_samples=800"] if args.quick else []),
+            "federation.engine=inprocess",
+            f"federation.rounds={args.rounds}",
+            "federation.stop_at_target=false",
+            f"cost.devices={{{args.device} = 1}}",
+            f"cost.upload_mb_per_s={args.mb_per_s}",
+            f"cost.download_mb_per_s={args.mb_per_s}",
+            "tune.kind=bottleneck",
+            *args.set,
+        ]
+        print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
+        run_out = out / "runs" / setting / f"seed{seed}"
+        try:
+            r = run_method(m, common, run_out, args.fresh)
+        except KeyboardInterrupt:
+            print("interrupted: reporting what ran so far", file=sys.stderr)
+            r = {**load_run(run_out / slug(m.name)), "wall_s": math.nan, "reused": False}
+            results.append(
+                {"setting": setting, "seed": seed, "method": m.name, "family": m.family, **r}
+            )
+            break
+        results.append(
+            {"setting": setting, "seed": seed, "method": m.name, "family": m.family, **r}
         )
-        results.append(r)
-        write_results(results, args, out)
-    print(write_results(results, args, out))
-    print(f"\nresults in {out}/ (results.csv, results.json, accuracy_vs_time.png)")
+        write_outputs(results, args, out)
+    print(write_outputs(results, args, out))
+    print(f"\nresults in {out}/ (table.md, results.csv, results.json, accuracy_vs_time_*.png)")
     return 0
-
-
-def write_results(results: list[dict], args: argparse.Namespace, out: Path) -> str:
-    """Table, CSV, JSON and plot of the methods run so far (rewritten after each one)."""
-    add_ratios(results)
-    table = print_table(results, args.target)
-    (out / "table.txt").write_text(table + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        cols = [k for k in results[0] if k != "curve"]
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(results)
-    (out / "results.json").write_text(
-        json.dumps({"args": vars(args), "results": results}, indent=1)
-    )
-    plot(results, args.target, out / "accuracy_vs_time.png")
-    return table
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def _run(cfg, run_dir):
 
 
 def test_trial_groups_are_disjoint_concurrent_and_recorded(tiny_model_dir, tmp_path):
-    summary = _run(_cfg(tiny_model_dir, tmp_path), tmp_path / "r")
+    summary = _run(_cfg(tiny_model_dir, tmp_path, 'strategy.trials="published"'), tmp_path / "r")
     rows = list(csv.DictReader(open(tmp_path / "r" / "rounds.csv")))
     assert {r["group"] for r in rows} >= {"keep", "deeper", "wider"}
     by_round = {}

@@ -59,13 +59,22 @@ def _rows(run_dir):
         ["strategy.name=fixed", "tune.depth=1", "tune.width=8"],
         [
             "strategy.name=autofed",
+            'strategy.trials="published"',
             "tune.depth=0",
             "tune.width=8",
             "strategy.max_width=16",
             "strategy.trial_rounds=1",
         ],
+        [  # stall counter, best reading and trajectory are checkpointed
+            "strategy.name=autofed",
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+            "strategy.patience=1",
+            "strategy.trial_rounds=1",
+        ],
     ],
-    ids=["fixed", "autofed"],
+    ids=["fixed", "autofed-published", "autofed-robust"],
 )
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, tmp_path, strategy):
     argv = _argv(tiny_model_dir, *strategy)

@@ -93,6 +93,7 @@ class EvalResult:
     accuracy: float
     num_examples: int
     flops: float
+    sample_losses: torch.Tensor | None = None  # per sample, in data order (per_sample=True)
 
 
 @torch.no_grad()
@@ -104,26 +105,32 @@ def evaluate(
     batch_size: int = 64,
     boundary: int = 0,
     features: list[torch.Tensor] | None = None,
+    per_sample: bool = False,
 ) -> EvalResult:
     """Loss and accuracy of `model` on `data` (dropout off).
 
     `features`, if given, holds for each batch the hidden states entering layer `boundary`
-    (from `frozen_features`), so only the layers above it run.
+    (from `frozen_features`), so only the layers above it run. `per_sample` also returns each
+    sample's loss (for paired comparisons of two models on the same samples).
     """
     model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct, flops = 0.0, 0, 0.0
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    total_loss, correct, flops, losses = 0.0, 0, 0.0, []
     for i, start in enumerate(range(0, len(data), batch_size)):
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
         hidden = features[i] if features is not None else None
         logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
         labels = data.labels[sl]
-        total_loss += loss_fn(logits, labels).item()
+        batch_losses = loss_fn(logits, labels)
+        total_loss += batch_losses.sum().item()
+        if per_sample:
+            losses.append(batch_losses)
         correct += (logits.argmax(-1) == labels).sum().item()
         flops += eval_flops(shape, part, len(labels), ids.shape[1])
     n = max(len(data), 1)
-    return EvalResult(total_loss / n, correct / n, len(data), flops)
+    sample_losses = torch.cat(losses) if per_sample and losses else None
+    return EvalResult(total_loss / n, correct / n, len(data), flops, sample_losses)
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ STRATEGIES = ("fixed", "autofed")
 WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
+TRIAL_POLICIES = ("robust", "published")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,12 @@ class FederationConfig:
     clients_per_round: int = _f(15, "clients sampled each round")
     eval_every: int = _f(1, "evaluate the global model on the validation split every N rounds")
     target_accuracy: float = _f(0.9, "validation accuracy that counts as 'reached'")
-    stop_at_target: bool = _f(False, "end the run as soon as the target is reached")
+    target_hold: int = _f(
+        2,
+        "evaluations in a row the served model must hold the target for it to count as "
+        "reached (1 = the first reading; more keeps one lucky round from counting)",
+    )
+    stop_at_target: bool = _f(False, "end the run as soon as the target is reached (and held)")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
     round_timeout_s: float = _f(0.0, "wall-clock seconds to wait for replies; 0 = no limit")
     checkpoint_every: int = _f(
@@ -176,7 +182,9 @@ class FederationConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_min(self, "federation", 1, "rounds", "clients_per_round", "eval_every")
+        _check_min(
+            self, "federation", 1, "rounds", "clients_per_round", "eval_every", "target_hold"
+        )
         _check_min(self, "federation", 0, "checkpoint_every", "round_timeout_s")
         _check(
             0 < self.target_accuracy <= 1,
@@ -194,6 +202,26 @@ class StrategyConfig:
         "fixed",
         "fixed (train the [tune] configuration throughout) or autofed (start from the [tune] "
         "depth and width and upgrade them progressively, chosen by trial groups)",
+    )
+    trials: str = _f(
+        "robust",
+        "how trials run and decide: robust (the current configuration trains with every client "
+        "until its validation accuracy stalls; then each sampled client trains one candidate, "
+        "every candidate shares the current configuration's weights, which all clients "
+        "update, and a candidate replaces it only if it is better on a paired test over the "
+        "validation samples) or published (disjoint groups, equal time budgets, best single "
+        "reading wins, as in the paper's code)",
+    )
+    patience: int = _f(
+        3,
+        "robust: evaluations without a gain of min_delta over the best served accuracy so far "
+        "that count as a stall and start a trial",
+    )
+    min_delta: float = _f(0.005, "robust: the accuracy gain that counts as progress")
+    confidence_z: float = _f(
+        1.64,
+        "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
+        "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
     candidates: str = _f(
         "upgrade",
@@ -221,6 +249,7 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         for name, allowed in (
             ("name", STRATEGIES),
+            ("trials", TRIAL_POLICIES),
             ("winner", WINNER_RULES),
             ("budget", BUDGETS),
             ("candidates", CANDIDATE_POLICIES),
@@ -228,7 +257,8 @@ class StrategyConfig:
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
         _check_min(self, "strategy", 1, *steps)
-        _check_min(self, "strategy", 0, "max_depth")
+        _check_min(self, "strategy", 0, "max_depth", "min_delta", "confidence_z")
+        _check_min(self, "strategy", 1, "patience")
         _check_min(self, "strategy", 0, "trial_base_s", strict=True)
 
 

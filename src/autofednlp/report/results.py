@@ -30,6 +30,7 @@ ROUND_FIELDS = [
     "energy_j",
     "cache_hits",
     "cache_misses",
+    "served",
     "clients",
     "failed_clients",
 ]
@@ -134,14 +135,27 @@ class RunRecorder:
         write_json_atomic(self.run_dir / "summary.json", summary)
 
 
-def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """Simulated time and round at which validation accuracy first reached `target`; None if
-    it never did. Rows of concurrent groups are not in time order, hence the minimum."""
-    hits = [r for r in rows if r.get("val_accuracy") is not None and r["val_accuracy"] >= target]
-    if not hits:
-        return None
-    first = min(hits, key=lambda r: (r["sim_time_s"], r["round"]))
-    return {"sim_time_s": first["sim_time_s"], "round": first["round"]}
+def is_served(row: dict[str, Any]) -> bool:
+    """Whether a round's reading is of the model the server would hand out at that moment: every
+    row of a fixed run; for AutoFedNLP its current configuration's, never a trial candidate's."""
+    return row.get("served", True) not in (False, 0, "0", "False", "false")
+
+
+def time_to_target(
+    rows: list[dict[str, Any]], target: float, column: str = "val_accuracy", hold: int = 1
+) -> dict[str, Any] | None:
+    """The first simulated time at which the served model's `column` reached `target` and held
+    it for `hold` consecutive evaluations (that one and the next `hold - 1`): one lucky reading
+    does not count. None if it never did. The same definition for every method, in every
+    summary and in the benchmark."""
+    served = sorted(
+        (r for r in rows if r.get(column) is not None and is_served(r)),
+        key=lambda r: (r["sim_time_s"], r["round"]),
+    )
+    for i in range(len(served) - max(hold, 1) + 1):
+        if all(r[column] >= target for r in served[i : i + max(hold, 1)]):
+            return {"sim_time_s": served[i]["sim_time_s"], "round": served[i]["round"]}
+    return None
 
 
 def human_duration(seconds: float | None) -> str:

@@ -18,6 +18,10 @@ def make_run(
     resume: dict | None = None,
 ) -> FederatedRun:
     """The run for `cfg.strategy.name`: a fixed configuration, or AutoFedNLP's upgrades."""
+    if cfg.strategy.name == "autofed" and cfg.strategy.trials == "robust":
+        from autofednlp.server.robust import RobustAutoFedRun
+
+        return RobustAutoFedRun(cfg, data, transport, Path(run_dir), progress, resume)
     if cfg.strategy.name == "autofed":
         from autofednlp.server.autofed import AutoFedRun
 

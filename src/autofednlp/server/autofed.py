@@ -1,4 +1,5 @@
-"""AutoFedNLP: progressive (depth, width) upgrades chosen by trial groups.
+"""AutoFedNLP: progressive (depth, width) upgrades chosen by trial groups, by the published
+rule (`strategy.trials = "published"`; `server/robust.py` holds the default, robust one).
 
 Each trial forms disjoint, freshly sampled groups of clients, one per candidate configuration
 (keep, deeper, wider). Every group trains its candidate with FedAvg inside the group for the
@@ -93,12 +94,13 @@ class AutoFedRun(FederatedRun):
                     row.update(
                         trial=trial,
                         group=g.name,
+                        served=g.name == "keep",  # the current configuration, as it trains
                         val_accuracy=acc,
                         val_loss=loss,
                         sim_time_s=trial_start + g.time_s,
                     )
                     self.record(row)
-                    reached = reached or acc >= fed.target_accuracy
+                    reached = reached or self.time_to_target() is not None
                 if budget is None:
                     budget = trial_budget_s(st, self.spec, [g.time_s for g in groups])
                 if fed.stop_at_target and reached:

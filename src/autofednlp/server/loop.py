@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from autofednlp.client.train import evaluate, frozen_features
+from autofednlp.client.train import EvalResult, evaluate, frozen_features
 from autofednlp.config import ExperimentConfig
 from autofednlp.cost.clock import ClientCost, RoundCost, SimClock, client_cost
 from autofednlp.data.federated import FederatedData
@@ -40,7 +40,7 @@ from autofednlp.report.results import (
     RunRecorder,
     human_duration,
     save_checkpoint,
-    time_to_accuracy,
+    time_to_target,
 )
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 
@@ -130,6 +130,7 @@ class GroupResult:
     train_loss: float | None
     cache_hits: int = 0
     cache_misses: int = 0
+    updates: list[tuple[dict[str, torch.Tensor], float]] = field(default_factory=list)
 
 
 class FederatedRun:
@@ -156,6 +157,7 @@ class FederatedRun:
         self.run_id = run_id_for(run_dir)
         self.spec = TuneSpec(cfg.tune.kind, cfg.tune.depth, cfg.tune.width)
         self._models: dict[TuneSpec, EncoderClassifier] = {}
+        self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
         self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
         self.clock = SimClock()
@@ -205,10 +207,14 @@ class FederatedRun:
             self._models[spec] = build_model(
                 cfg.model.name, self.data.num_labels, spec, cfg.seed, cfg.model.pooling
             )
+            self._init_states[spec] = trainable_state(self._models[spec])
         return self._models[spec]
 
     def initial_state(self, spec: TuneSpec) -> dict[str, torch.Tensor]:
-        return trainable_state(self.model_for(spec))
+        """The spec's freshly initialised trainable tensors (new capacity's output side at
+        zero). Not the cached model's current ones: evaluation loads other weights into it."""
+        self.model_for(spec)
+        return self._init_states[spec]
 
     def sample(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
         available = sorted(set(self.transport.available_partitions()) - set(exclude))
@@ -217,6 +223,16 @@ class FederatedRun:
     def evaluate(
         self, split: str, spec: TuneSpec | None = None, state: dict | None = None
     ) -> tuple[float, float]:
+        res = self.evaluate_result(split, spec, state)
+        return res.accuracy, res.loss
+
+    def evaluate_result(
+        self,
+        split: str,
+        spec: TuneSpec | None = None,
+        state: dict | None = None,
+        per_sample: bool = False,
+    ) -> EvalResult:
         spec = spec or self.spec
         model = self.model_for(spec)
         load_trainable(model, self.state if state is None else state)
@@ -228,10 +244,15 @@ class FederatedRun:
             if key not in self._features:
                 self._features[key] = frozen_features(model, data, boundary)
             features = self._features[key]
-        res = evaluate(
-            model, data, self.shape, trained_part(spec), boundary=boundary, features=features
+        return evaluate(
+            model,
+            data,
+            self.shape,
+            trained_part(spec),
+            boundary=boundary,
+            features=features,
+            per_sample=per_sample,
         )
-        return res.accuracy, res.loss
 
     def train_groups(
         self, server_round: int, groups: list[tuple[TuneSpec, dict, list[int]]]
@@ -281,6 +302,7 @@ class FederatedRun:
                     sum(losses) / len(losses) if losses else None,
                     hits,
                     misses,
+                    updates,
                 )
             )
         return results
@@ -308,6 +330,10 @@ class FederatedRun:
             "cache_misses": res.cache_misses,
         }
 
+    def time_to_target(self) -> dict[str, Any] | None:
+        fed = self.cfg.federation
+        return time_to_target(self.recorder.rows, fed.target_accuracy, hold=fed.target_hold)
+
     def record(self, row: dict[str, Any]) -> None:
         row["wall_time_s"] = time.monotonic() - self._t0
         self.recorder.round(row)
@@ -321,6 +347,7 @@ class FederatedRun:
             self.state = res.state
             self.clock.advance(res.cost)
             row = self.round_row(r, self.spec, res)
+            row["served"] = True
             row["val_accuracy"], row["val_loss"] = (None, None)
             if r % fed.eval_every == 0 or r == fed.rounds:
                 row["val_accuracy"], row["val_loss"] = self.evaluate("validation")
@@ -328,8 +355,7 @@ class FederatedRun:
             self.record(row)
             if self.due(r):
                 self.checkpoint(r + 1)
-            reached = row["val_accuracy"] is not None and row["val_accuracy"] >= fed.target_accuracy
-            if fed.stop_at_target and reached:
+            if fed.stop_at_target and self.time_to_target() is not None:
                 break
         return self.finish()
 
@@ -342,7 +368,8 @@ class FederatedRun:
             "config": self.spec.label(),
             "rounds": len({r["round"] for r in rows}),
             "target_accuracy": self.cfg.federation.target_accuracy,
-            "time_to_accuracy": time_to_accuracy(rows, self.cfg.federation.target_accuracy),
+            "time_to_accuracy": self.time_to_target(),
+            "target_hold": self.cfg.federation.target_hold,
             "best_val_accuracy": max(accs) if accs else None,
             "final_val_accuracy": self.evaluate("validation")[0],
             "test_accuracy": test_acc,

@@ -3,8 +3,11 @@ time budget is set, and how its winner is picked."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
+
+import torch
 
 from autofednlp.config import StrategyConfig
 from autofednlp.model.kinds import TuneSpec
@@ -125,3 +128,103 @@ def trial_budget_s(cfg: StrategyConfig, current: TuneSpec, first_round_s: list[f
     if cfg.budget == "paper":
         return cfg.trial_base_s * (4 * current.depth + 1)
     return cfg.trial_rounds * max(first_round_s)
+
+
+@dataclass
+class StallDetector:
+    """Says when the served model has stopped improving: `patience` evaluations in a row
+    without a gain of `min_delta` over the best reading so far. A trial is worth its cost only
+    then; while the current configuration still climbs, every client keeps training it."""
+
+    patience: int
+    min_delta: float
+    best: float
+    since_gain: int = 0
+
+    def observe(self, reading: float) -> None:
+        if reading >= self.best + self.min_delta:
+            self.since_gain = 0
+        else:
+            self.since_gain += 1
+        self.best = max(self.best, reading)
+
+    @property
+    def stalled(self) -> bool:
+        return self.since_gain >= self.patience
+
+    def restart(self) -> None:
+        self.since_gain = 0
+
+
+def shared_average(
+    keep: dict[str, torch.Tensor], updates: list[tuple[dict[str, torch.Tensor], float]]
+) -> dict[str, torch.Tensor]:
+    """FedAvg of the current configuration's tensors over the updates of every trial group.
+
+    Every candidate grows from the current configuration by function-preserving growth, so
+    each of its tensors holds the current one as its leading slice (a deeper candidate adds
+    tensors, a wider one adds rows and columns). That slice is the shared trunk: averaging it
+    over all groups' clients means no client's work on it is thrown away, and candidates
+    differ from `keep` only in what they add.
+    """
+    total = float(sum(w for _, w in updates))
+    out = {}
+    for name, ref in keep.items():
+        idx = tuple(slice(0, n) for n in ref.shape)
+        acc = torch.zeros_like(ref, dtype=torch.float64)
+        for state, w in updates:
+            acc += state[name][idx].to(torch.float64) * (w / total)
+        out[name] = acc.to(ref.dtype)
+    return out
+
+
+def overlay(state: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor]) -> dict:
+    """`state` with the leading slice of each of `trunk`'s tensors replaced by the trunk's."""
+    out = {name: t.clone() for name, t in state.items()}
+    for name, t in trunk.items():
+        out[name][tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+@dataclass(frozen=True)
+class PairedEvidence:
+    """A candidate against `keep` on the same validation samples: the mean per-sample loss
+    reduction (positive: the candidate is better), its standard error, and both accuracies."""
+
+    name: str
+    gain: float
+    stderr: float
+    accuracy: float
+    keep_accuracy: float
+
+    def clearly_better(self, z: float) -> bool:
+        return self.gain - z * self.stderr > 0 and self.accuracy >= self.keep_accuracy
+
+
+def paired_evidence(
+    name: str,
+    keep_losses: list[torch.Tensor],
+    cand_losses: list[torch.Tensor],
+    keep_acc: list[float],
+    cand_acc: list[float],
+) -> PairedEvidence:
+    """Per-sample losses of the last rounds of a trial (one tensor per round, same samples in
+    the same order), averaged over those rounds before the paired comparison: a sample's
+    difference then reflects the candidate's added capacity, not one round's client draw."""
+    diff = (torch.stack(keep_losses) - torch.stack(cand_losses)).double().mean(0)
+    n = diff.numel()
+    stderr = float(diff.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.inf
+    return PairedEvidence(
+        name,
+        float(diff.mean()),
+        stderr,
+        sum(cand_acc) / len(cand_acc),
+        sum(keep_acc) / len(keep_acc),
+    )
+
+
+def pick_paired(evidence: list[PairedEvidence], z: float) -> int | None:
+    """Index of the candidate that is clearly better than `keep` with the largest mean gain,
+    or None (keep the current configuration): noise alone rarely clears `z` standard errors."""
+    better = [i for i, e in enumerate(evidence) if e.clearly_better(z)]
+    return max(better, key=lambda i: (evidence[i].gain, -i)) if better else None

@@ -1,0 +1,168 @@
+"""AutoFedNLP with trials that non-IID noise cannot flip (`strategy.trials = "robust"`).
+
+The published rule (`server/autofed.py`) splits every round's clients into disjoint groups, one
+per candidate, and lets the group with the single best validation reading win. Under label
+skew a group of a few clients swings from round to round, so decisions and starting points are
+picked on noise, and two thirds of the clients' work is thrown away. Here:
+
+- The current configuration trains with every sampled client, like a fixed configuration,
+  until its served accuracy stalls (`StallDetector`); only then does a trial start.
+- In a trial each sampled client trains one candidate (keep, deeper, wider), all grown from the
+  current weights. The current configuration's tensors are the leading slice of every
+  candidate's, and that shared trunk is averaged over every group's clients each round
+  (`shared_average`): no client's work on it is lost, and `keep` is the served model.
+- Candidates then differ from `keep` only in the capacity they add, so a paired comparison of
+  per-sample validation losses (same samples, same trunk) isolates what that capacity buys. A
+  candidate replaces the current configuration only if it is better by more than
+  `confidence_z` standard errors and no worse in accuracy (`pick_paired`); it continues from
+  its final weights, not from a lucky round's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from autofednlp.server.autofed import AutoFedRun, Group
+from autofednlp.server.policies import (
+    StallDetector,
+    candidate_policy,
+    overlay,
+    paired_evidence,
+    pick_paired,
+    shared_average,
+)
+
+
+class RobustAutoFedRun(AutoFedRun):
+    """Stall-triggered trials over a shared trunk, decided by a paired test."""
+
+    def run(self) -> dict[str, Any]:
+        fed, st = self.cfg.federation, self.cfg.strategy
+        policy = candidate_policy(st, self.model_for(self.spec).num_layers)
+        saved = getattr(self, "_resumed_strategy", None)
+        if saved:
+            trajectory, trial = saved["trajectory"], saved["trial"]
+            stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
+        else:
+            start = self.evaluate("validation")[0]
+            trajectory, trial = [], 0
+            stall = StallDetector(st.patience, st.min_delta, start)
+        server_round = self.next_round - 1
+
+        def state() -> dict[str, Any]:
+            return {
+                "trajectory": trajectory,
+                "trial": trial,
+                "best": stall.best,
+                "since_gain": stall.since_gain,
+            }
+
+        while server_round < fed.rounds:
+            candidates = policy(self.spec)
+            if stall.stalled and len(candidates) > 1:
+                trial += 1
+                server_round, entry = self._trial(trial, candidates, server_round, stall)
+                trajectory.append(entry)
+                self.recorder.trial(entry)
+                stall.restart()
+                if fed.checkpoint_every > 0:
+                    self.checkpoint(server_round + 1, state())
+            else:
+                server_round += 1
+                acc = self._exploit_round(server_round)
+                stall.observe(acc)
+                if self.due(server_round):
+                    self.checkpoint(server_round + 1, state())
+            if fed.stop_at_target and self.time_to_target() is not None:
+                break
+        return self.finish({"trajectory": trajectory, "trials": trial})
+
+    def _exploit_round(self, server_round: int) -> float:
+        """One round of the current configuration with every sampled client."""
+        clients = self.sample(self.cfg.federation.clients_per_round)
+        (res,) = self.train_groups(server_round, [(self.spec, self.state, clients)])
+        self.state = res.state
+        self.clock.advance(res.cost)
+        row = self.round_row(server_round, self.spec, res)
+        acc, loss = self.evaluate("validation")
+        row.update(served=True, val_accuracy=acc, val_loss=loss, sim_time_s=self.clock.time_s)
+        self.record(row)
+        return acc
+
+    def _trial(
+        self, trial: int, candidates: list, server_round: int, stall: StallDetector
+    ) -> tuple[int, dict[str, Any]]:
+        fed, st = self.cfg.federation, self.cfg.strategy
+        groups = [
+            Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates
+        ]
+        keep = groups[0]
+        losses: dict[str, list] = {g.name: [] for g in groups}
+        rounds = 0
+        while rounds < st.trial_rounds and server_round < fed.rounds:
+            server_round += 1
+            rounds += 1
+            clients = self.sample(fed.clients_per_round)
+            chunks = [clients[i :: len(groups)] for i in range(len(groups))]
+            results = self.train_groups(
+                server_round, [(g.spec, g.state, c) for g, c in zip(groups, chunks)]
+            )
+            updates = [u for res in results for u in res.updates]
+            trunk = shared_average(keep.state, updates) if updates else keep.state
+            for g, res in zip(groups, results):
+                g.state = overlay(res.state, trunk)
+            # The groups run side by side: the round lasts as long as the slowest one.
+            self._advance([r.cost for r in results], max(r.cost.duration_s for r in results))
+            for g, res in zip(groups, results):
+                ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
+                g.accuracies.append(ev.accuracy)
+                losses[g.name].append(ev.sample_losses)
+                row = self.round_row(server_round, g.spec, res)
+                row.update(
+                    trial=trial,
+                    group=g.name,
+                    served=g is keep,
+                    val_accuracy=ev.accuracy,
+                    val_loss=ev.loss,
+                    sim_time_s=self.clock.time_s,
+                )
+                self.record(row)
+            stall.observe(keep.accuracies[-1])
+        # Judge on the trial's later rounds: new capacity starts at zero and needs a round.
+        last = math.ceil(rounds / 2)
+        evidence = [
+            paired_evidence(
+                g.name,
+                losses[keep.name][-last:],
+                losses[g.name][-last:],
+                keep.accuracies[-last:],
+                g.accuracies[-last:],
+            )
+            for g in groups[1:]
+        ]
+        pick = pick_paired(evidence, st.confidence_z)
+        winner = keep if pick is None else groups[1 + pick]
+        self.spec, self.state = winner.spec, winner.state
+        entry = {
+            "trial": trial,
+            "winner": winner.name,
+            "config": winner.spec.label(),
+            "depth": winner.spec.depth,
+            "width": winner.spec.width,
+            "rounds": rounds,
+            "sim_time_s": self.clock.time_s,
+            "val_accuracy": winner.accuracies[-1],
+            "groups": {g.name: g.spec.label() for g in groups},
+            "evidence": {
+                e.name: {
+                    "loss_gain": round(e.gain, 5),
+                    "stderr": round(e.stderr, 5),
+                    "z": round(e.gain / e.stderr, 2) if e.stderr > 0 else None,
+                    "accuracy": round(e.accuracy, 4),
+                    "keep_accuracy": round(e.keep_accuracy, 4),
+                }
+                for e in evidence
+            },
+        }
+        return server_round, entry

@@ -1,0 +1,180 @@
+"""Robust trials (`strategy.trials = "robust"`): a stall starts a trial, candidates share the
+current configuration's trunk, a paired test decides, and only the served model's readings
+count towards time to target."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from autofednlp.model.build import build_model, load_trainable, trainable_state
+from autofednlp.model.grow import grow_state
+from autofednlp.model.kinds import TuneSpec
+from autofednlp.report.results import time_to_target
+from autofednlp.server.policies import (
+    GroupOutcome,
+    StallDetector,
+    overlay,
+    paired_evidence,
+    pick_paired,
+    pick_winner,
+    shared_average,
+)
+
+B = "bottleneck"
+
+
+def test_stall_needs_patience_readings_without_a_real_gain():
+    s = StallDetector(patience=3, min_delta=0.01, best=0.50)
+    for acc in (0.60, 0.70, 0.705, 0.69):  # 0.705 is no gain of 0.01 over 0.70
+        s.observe(acc)
+    assert not s.stalled and s.since_gain == 2
+    s.observe(0.71)  # still under 0.70 + 0.01
+    assert s.stalled
+    s.restart()
+    assert not s.stalled
+    s.observe(0.72)
+    assert s.since_gain == 0 and s.best == 0.72
+
+
+def _losses(seed, n=300):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, generator=g) * 2
+
+
+def test_a_noisy_but_worse_candidate_does_not_win_a_clearly_better_one_does():
+    keep = [_losses(0), _losses(1)]
+    g = torch.Generator().manual_seed(5)
+    # worse on average (+0.02 loss per sample), but with one lucky accuracy reading: the
+    # published rule (best single reading) picks it, the paired test does not
+    noisy = [k + 0.02 + 0.3 * torch.randn(k.shape, generator=g) for k in keep]
+    noisy_acc, keep_acc = [0.91, 0.70], [0.80, 0.80]
+    published = [
+        GroupOutcome("keep", keep_acc, [1, 2], 0.7),
+        GroupOutcome("x", noisy_acc, [1, 2], 0.7),
+    ]
+    assert pick_winner(published, "best_accuracy") == 1
+    ev = paired_evidence("x", keep, noisy, keep_acc, noisy_acc)
+    assert ev.gain < 0 and pick_paired([ev], 1.64) is None
+    # clearly better: 0.1 lower loss on every sample give or take a little noise
+    better = [k - 0.1 + 0.02 * torch.randn(k.shape, generator=g) for k in keep]
+    ev_b = paired_evidence("b", keep, better, keep_acc, [0.82, 0.83])
+    assert pick_paired([ev, ev_b], 1.64) == 1
+    # better loss but lower accuracy is not "clearly better"
+    ev_c = paired_evidence("c", keep, better, keep_acc, [0.78, 0.79])
+    assert pick_paired([ev_c], 1.64) is None
+
+
+@pytest.mark.parametrize(
+    "kind, old, new", [(B, (1, 8), (2, 8)), (B, (1, 8), (1, 16)), ("lora", (1, 4), (1, 8))]
+)
+def test_shared_trunk_keeps_growth_exact(tiny_model_dir, kind, old, new):
+    """After the trunk is averaged over all groups and laid into a candidate whose added
+    capacity is still at zero, the candidate predicts exactly what `keep` with that trunk does."""
+    o, n = TuneSpec(kind, *old), TuneSpec(kind, *new)
+    small = build_model(tiny_model_dir, 3, o, seed=0).eval()
+    big = build_model(tiny_model_dir, 3, n, seed=0).eval()
+    torch.manual_seed(0)
+    base = {k: torch.randn_like(v) * 0.3 for k, v in trainable_state(small).items()}
+    grown = grow_state(base, trainable_state(big), o, n)
+    # two clients' updates, one of each shape: the trunk is their weighted average
+    upd_small = {k: v + 0.1 for k, v in base.items()}
+    upd_big = {k: v - 0.2 for k, v in grown.items()}
+    trunk = shared_average(base, [(upd_small, 1.0), (upd_big, 3.0)])
+    for k, v in trunk.items():
+        assert torch.allclose(v, base[k] + 0.25 * 0.1 - 0.75 * 0.2, atol=1e-6)
+    cand = overlay(grown, trunk)  # its added capacity as grown: output side at zero
+    load_trainable(small, trunk)
+    load_trainable(big, cand)
+    ids = torch.randint(1000, 3000, (3, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(small(ids, mask), big(ids, mask), atol=1e-6)
+
+
+def test_only_served_readings_count_and_a_spike_must_hold():
+    rows = [
+        {"round": 1, "sim_time_s": 1.0, "val_accuracy": 0.70, "served": True},
+        {"round": 1, "sim_time_s": 1.0, "val_accuracy": 0.95, "served": False},  # a candidate
+        {"round": 2, "sim_time_s": 2.0, "val_accuracy": 0.91, "served": True},  # a spike
+        {"round": 3, "sim_time_s": 3.0, "val_accuracy": 0.80, "served": True},
+        {"round": 4, "sim_time_s": 4.0, "val_accuracy": 0.92, "served": True},
+        {"round": 5, "sim_time_s": 5.0, "val_accuracy": 0.93, "served": True},
+    ]
+    assert time_to_target(rows, 0.9, hold=1) == {"sim_time_s": 2.0, "round": 2}
+    assert time_to_target(rows, 0.9, hold=2) == {"sim_time_s": 4.0, "round": 4}
+    assert time_to_target(rows, 0.9, hold=3) is None
+    plain = [{k: v for k, v in r.items() if k != "served"} for r in rows]  # fixed runs' rows
+    assert time_to_target(plain, 0.94, hold=1) == {"sim_time_s": 1.0, "round": 1}
+
+
+def _cfg(tiny_model_dir, tmp_path, *extra):
+    from autofednlp.config import load_config
+
+    return load_config(
+        None,
+        [
+            f'model.name="{tiny_model_dir}"',
+            "data.max_samples=160",
+            "data.max_length=32",
+            "data.num_clients=12",
+            "federation.clients_per_round=6",
+            "federation.rounds=7",
+            "federation.engine=inprocess",
+            "strategy.name=autofed",
+            "strategy.max_width=16",
+            "strategy.patience=1",
+            "strategy.min_delta=1.0",  # every reading is a stall: trials come at once
+            "strategy.trial_rounds=2",
+            "tune.depth=1",
+            "tune.width=8",
+            f'output_dir="{tmp_path}"',
+            *extra,
+        ],
+    )
+
+
+def test_robust_run_trains_keep_with_everyone_and_trials_on_stalls(tiny_model_dir, tmp_path):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "r", False).run()
+    rows = list(csv.DictReader(open(tmp_path / "r" / "rounds.csv")))
+    by_round: dict[str, list] = {}
+    for r in rows:
+        by_round.setdefault(r["round"], []).append(r)
+    # round 1: the current configuration with all 6 clients; then trials of 2 rounds
+    assert [len(v) for v in by_round.values()][:3] == [1, 3, 3]
+    assert by_round["1"][0]["group"] == "" and len(by_round["1"][0]["clients"].split()) == 6
+    for group_rows in by_round.values():
+        served = [r for r in group_rows if r["served"] == "True"]
+        assert len(served) == 1  # one model is handed out per round
+        assert len(group_rows) == 1 or served[0]["group"] == "keep"
+        clients = [set(r["clients"].split()) for r in group_rows]
+        assert sum(len(c) for c in clients) == len(set().union(*clients)) == 6
+        times = {r["sim_time_s"] for r in group_rows}
+        assert len(times) == 1  # groups run side by side, in step
+    traj = summary["trajectory"]
+    assert traj and all(set(t["evidence"]) == set(t["groups"]) - {"keep"} for t in traj)
+    assert all(t["rounds"] == 2 for t in traj[:-1])
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["trials"] == len(traj)
+
+
+def test_growth_starts_from_fresh_capacity_after_a_candidate_lost(tiny_model_dir, tmp_path):
+    """A losing candidate's trained weights are loaded into the server's cached model when it
+    is evaluated; growing into the same spec again must still start its capacity at zero."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "g", False)
+    deeper = TuneSpec(B, 2, 8)
+    trained = {k: torch.randn_like(v) for k, v in run.initial_state(deeper).items()}
+    run.evaluate("validation", deeper, trained)  # loads `trained` into the cached model
+    grown = run.grow(run.state, run.spec, deeper)
+    ups = [v for k, v in grown.items() if "adapter_up" in k and ".0." in k]  # the new layer
+    assert ups and all(torch.count_nonzero(v) == 0 for v in ups)
