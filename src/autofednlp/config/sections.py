@@ -230,8 +230,8 @@ class StrategyConfig:
     )
     winner: str = _f(
         "best_accuracy",
-        "how a trial's winner is chosen on the validation split: best_accuracy (best reached "
-        "within the budget) or gain_per_s (accuracy gained per simulated second)",
+        "published trials: how the winner is chosen on the validation split: best_accuracy "
+        "(best reached within the budget) or gain_per_s (accuracy gained per simulated second)",
     )
     depth_step: int = _f(1, "layers a 'deeper' candidate adds")
     width_step: int = _f(8, "bottleneck dims a 'wider' candidate adds")
@@ -239,12 +239,19 @@ class StrategyConfig:
     max_width: int = _f(64, "cap on width")
     budget: str = _f(
         "slowest",
-        "trial time budget: slowest (trial_rounds rounds of the slowest candidate, measured on "
-        "the cost model) or paper (trial_base_s x (4 x depth + 1), as the published code)",
+        "published trials' time budget: slowest (trial_rounds rounds of the slowest candidate, "
+        "measured on the cost model) or paper (trial_base_s x (4 x depth + 1), as the "
+        "published code)",
     )
-    trial_rounds: int = _f(2, "rounds the slowest candidate gets per trial (budget = slowest)")
+    trial_rounds: int = _f(
+        2,
+        "rounds of a trial: robust, all groups in step (the later half decides); published "
+        "with budget = slowest, the rounds the slowest candidate gets",
+    )
     trial_base_s: float = _f(60.0, "base of the paper's budget, simulated seconds")
-    max_group_rounds: int = _f(8, "cap on the rounds one group runs in a trial (bounds wall time)")
+    max_group_rounds: int = _f(
+        8, "published trials: cap on the rounds one group runs in a trial (bounds wall time)"
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in (
