@@ -20,6 +20,7 @@ from autofednlp.server.policies import (
     pick_paired,
     pick_winner,
     shared_average,
+    time_margin,
 )
 
 B = "bottleneck"
@@ -64,6 +65,12 @@ def test_a_noisy_but_worse_candidate_does_not_win_a_clearly_better_one_does():
     # better loss but lower accuracy is not "clearly better"
     ev_c = paired_evidence("c", keep, better, keep_acc, [0.78, 0.79])
     assert pick_paired([ev_c], 1.64) is None
+    # ... nor is one that learns more per round but less per simulated second: keep dropped
+    # its loss by 0.2 in the trial, and the candidate takes 1.6x keep's time per example
+    assert time_margin(0.2, 1.6) == pytest.approx(0.12)
+    ev_slow = paired_evidence("s", keep, better, keep_acc, [0.82, 0.83], time_margin(0.2, 1.6))
+    assert ev_slow.gain > 1.64 * ev_slow.stderr and pick_paired([ev_slow], 1.64) is None
+    assert time_margin(0.2, 0.9) == 0.0 and time_margin(-0.1, 2.0) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -126,6 +133,7 @@ def _cfg(tiny_model_dir, tmp_path, *extra):
             "strategy.max_width=16",
             "strategy.patience=1",
             "strategy.min_delta=1.0",  # every reading is a stall: trials come at once
+            "strategy.trial_every=0",
             "strategy.trial_rounds=2",
             "tune.depth=1",
             "tune.width=8",
@@ -160,7 +168,27 @@ def test_robust_run_trains_keep_with_everyone_and_trials_on_stalls(tiny_model_di
     traj = summary["trajectory"]
     assert traj and all(set(t["evidence"]) == set(t["groups"]) - {"keep"} for t in traj)
     assert all(t["rounds"] == 2 for t in traj[:-1])
+    assert all(e["margin"] >= 0 for t in traj for e in t["evidence"].values())
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["trials"] == len(traj)
+
+
+def test_trials_come_every_trial_every_rounds_without_a_stall(tiny_model_dir, tmp_path):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "strategy.patience=100",  # never a stall
+        "strategy.trial_every=2",
+        "strategy.trial_rounds=1",
+    )
+    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "t", False).run()
+    rows = list(csv.DictReader(open(tmp_path / "t" / "rounds.csv")))
+    kinds = ["main" if r["group"] == "" else "trial" for r in rows if r["served"] == "True"]
+    assert kinds == ["main", "main", "trial", "main", "main", "trial", "main"]
+    assert summary["trials"] == 2
 
 
 def test_growth_starts_from_fresh_capacity_after_a_candidate_lost(tiny_model_dir, tmp_path):

@@ -218,10 +218,17 @@ class StrategyConfig:
         "that count as a stall and start a trial",
     )
     min_delta: float = _f(0.005, "robust: the accuracy gain that counts as progress")
+    trial_every: int = _f(
+        5,
+        "robust: rounds of the current configuration after which a trial runs even without a "
+        "stall (while it still climbs, a candidate may climb faster per second); 0 = only on "
+        "stalls",
+    )
     confidence_z: float = _f(
         1.64,
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
-        "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
+        "current configuration's by more than this many standard errors (1.64: one-sided 95%) "
+        "plus what the current one would gain in the extra time the candidate costs",
     )
     candidates: str = _f(
         "upgrade",
@@ -264,7 +271,7 @@ class StrategyConfig:
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
         _check_min(self, "strategy", 1, *steps)
-        _check_min(self, "strategy", 0, "max_depth", "min_delta", "confidence_z")
+        _check_min(self, "strategy", 0, "max_depth", "min_delta", "confidence_z", "trial_every")
         _check_min(self, "strategy", 1, "patience")
         _check_min(self, "strategy", 0, "trial_base_s", strict=True)
 
