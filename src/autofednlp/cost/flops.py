@@ -21,6 +21,7 @@ class ModelShape:
     intermediate: int
     num_labels: int = 2
     pooler: bool = True  # a dense H x H layer before the classifier (BERT's pooler)
+    token_head: bool = False  # the head classifies every token (tagging), not one pooled vector
 
     @property
     def layer_weights(self) -> int:
@@ -50,6 +51,12 @@ def adapter_weights(hidden: int, width: int) -> int:
 def head_weights(shape: ModelShape) -> int:
     """Classification head: the classifier (H x C), after a pooler (H x H) if there is one."""
     return shape.hidden * shape.hidden * shape.pooler + shape.hidden * shape.num_labels
+
+
+def head_forward_flops(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs of the head for one sequence: once on the pooled vector, or on every one
+    of the `seq_len` tokens for a token head (tagging)."""
+    return 2.0 * head_weights(shape) * (seq_len if shape.token_head else 1)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ def train_step_flops(
     backward = d * (layer_f + 2 * extra_f)
     if part.layer_weights_trained:
         backward += d * layer_f
-    head = 2.0 * head_weights(shape)  # pooler + classifier, per sequence (pooled token only)
+    head = head_forward_flops(shape, seq_len)  # forward 1x, backward 2x (input + weights)
     return batch * (forward + backward + 3 * head)
 
 
@@ -111,4 +118,4 @@ def eval_flops(shape: ModelShape, part: TrainedPart, batch: int, seq_len: int) -
     d = part.trained_layers(shape)
     layer_f = layer_forward_flops(shape, seq_len)
     extra_f = 2.0 * part.extra_weights_per_layer(shape) * seq_len
-    return batch * (shape.num_layers * layer_f + d * extra_f + 2.0 * head_weights(shape))
+    return batch * (shape.num_layers * layer_f + d * extra_f + head_forward_flops(shape, seq_len))

@@ -161,8 +161,8 @@ class BottleneckKind(AdapterKind):
 
 
 class LoraKind(AdapterKind):
-    """LoRA (peft) of rank `width` on the attention query and value projections of the top
-    `depth` layers."""
+    """LoRA (peft) of rank `width` on the modules the encoder family names (BERT: the attention
+    query and value projections) of the top `depth` layers."""
 
     name = "lora"
     cost_kind = "lora"
@@ -175,9 +175,9 @@ class LoraKind(AdapterKind):
         config = LoraConfig(
             r=spec.width,
             lora_alpha=spec.width,
-            target_modules=["query", "value"],
+            target_modules=list(model.family.lora_targets),
             layers_to_transform=list(range(boundary, model.num_layers)),
-            layers_pattern="layer",
+            layers_pattern=model.family.layers_pattern,
             lora_dropout=0.0,
         )
         inject_adapter_in_model(config, model.encoder)
