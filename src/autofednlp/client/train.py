@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -60,7 +60,6 @@ def local_train(
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg, lr)
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     n = len(data)
     total_loss, steps, flops = 0.0, 0, 0.0
@@ -75,7 +74,7 @@ def local_train(
                 flops += fill_cache_flops(shape, part, misses, ids.shape[1])
             else:
                 logits = model(ids, mask, boundary=boundary)
-            loss = loss_fn(logits, data.labels[idx])
+            loss = model.task.loss(logits, batch_labels(data.labels[idx], ids.shape[1]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:
@@ -87,12 +86,22 @@ def local_train(
     return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
 
 
+def batch_labels(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """A batch's labels cut to its trimmed width: per-token labels (tagging) lose the columns
+    `trim_batch` dropped, which are padding and so labelled -100."""
+    return labels[:, :width] if labels.dim() == 2 else labels
+
+
 @dataclass(frozen=True)
 class EvalResult:
+    """`loss` is per labelled sample (classification) or word (tagging); `metrics` holds the
+    task's metrics (accuracy and macro_f1, or f1, precision, recall and token accuracy)."""
+
     loss: float
     accuracy: float
     num_examples: int
     flops: float
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -104,26 +113,32 @@ def evaluate(
     batch_size: int = 64,
     boundary: int = 0,
     features: list[torch.Tensor] | None = None,
+    label_names: list[str] | None = None,
 ) -> EvalResult:
-    """Loss and accuracy of `model` on `data` (dropout off).
+    """Loss and the task's metrics of `model` on `data` (dropout off).
 
     `features`, if given, holds for each batch the hidden states entering layer `boundary`
-    (from `frozen_features`), so only the layers above it run.
+    (from `frozen_features`), so only the layers above it run. `label_names` (the tag names)
+    are needed for entity-level scores.
     """
     model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct, flops = 0.0, 0, 0.0
+    task = model.task
+    total_loss, counted, flops, outcomes = 0.0, 0, 0.0, []
     for i, start in enumerate(range(0, len(data), batch_size)):
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
         hidden = features[i] if features is not None else None
         logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
-        labels = data.labels[sl]
-        total_loss += loss_fn(logits, labels).item()
-        correct += (logits.argmax(-1) == labels).sum().item()
+        labels = batch_labels(data.labels[sl], ids.shape[1])
+        loss, n = task.loss_sum(logits, labels)
+        total_loss, counted = total_loss + loss, counted + n
+        outcomes += task.outcomes(logits, labels)
         flops += eval_flops(shape, part, len(labels), ids.shape[1])
-    n = max(len(data), 1)
-    return EvalResult(total_loss / n, correct / n, len(data), flops)
+    names = list(label_names or [str(i) for i in range(model.classifier.out_features)])
+    metrics = task.metrics(outcomes, names) if outcomes else {}
+    return EvalResult(
+        total_loss / max(counted, 1), metrics.get("accuracy", 0.0), len(data), flops, metrics
+    )
 
 
 @torch.no_grad()
