@@ -263,3 +263,73 @@ def test_tagging_run_predict_and_export(tiny_model_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), "Anna visited Rome"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Anna visited Rome\t")
+
+
+def _conll_file(tmp_path, sentences, name="ner.conll"):
+    path = tmp_path / name
+    path.write_text("\n\n".join("\n".join(s) for s in sentences) + "\n", encoding="utf-8")
+    return path
+
+
+SENTENCES = [
+    ["Anna B-PER", "visited O", "Oslo B-LOC"],
+    ["Bob B-PER", "likes O", "tea O"],
+    ["Rome B-LOC", "is O", "old O"],
+]
+
+
+def test_a_device_tags_its_own_file_with_the_server_tag_set(tiny_model_dir, tmp_path):
+    from autofednlp.client.worker import train_round
+    from autofednlp.config import load_config
+
+    # the run's task is tagging (its dataset is twitter_ner); the device holds a CoNLL file
+    # with a subset of the tags, numbered by the server's tag set
+    cfg = load_config(
+        None,
+        [
+            f'model.name="{tiny_model_dir}"',
+            'data.dataset="twitter_ner"',
+            "data.max_length=16",
+            f'client.cache_dir="{tmp_path / "acts"}"',
+        ],
+    )
+    path = _conll_file(tmp_path, SENTENCES[1:], "mine.txt")
+    spec = TuneSpec("bottleneck", 1, 8)
+    state = trainable_state(build_model(tiny_model_dir, len(TAGS), spec, 0, task="tagging"))
+    kw = dict(run_id="r", data_file=str(path), label_names=TAGS)
+    new_state, metrics = train_round(cfg, 3, spec, state, 1, **kw)
+    assert metrics["data"] == "file" and metrics["num_examples"] == 2
+    assert new_state.keys() == state.keys()
+    path.write_text("Anna B-ORG\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"tag 'B-ORG' is not in the tag set"):
+        train_round(cfg, 4, spec, state, 1, **kw)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["tune.kind=full"],
+        ["tune.kind=freeze", "tune.depth=1"],
+        ["tune.kind=bottleneck"],
+        ["strategy.name=autofed", "tune.depth=0", "tune.width=8", "strategy.max_width=16"],
+    ],
+    ids=["full", "freeze", "bottleneck", "autofed"],
+)
+def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra):
+    from small_run import small_config
+
+    from autofednlp.run import run_experiment
+
+    path = _conll_file(tmp_path, SENTENCES * 12)
+    cfg = small_config(
+        tiny_model_dir, tmp_path, f'data.dataset="{path}"', "federation.rounds=3", *extra
+    )
+    summary = run_experiment(cfg, progress=False)
+    rows = [json.loads(line) for line in open(summary["run_dir"] + "/rounds.jsonl")]
+    assert rows and all(r["val_f1"] is not None and r["val_recall"] is not None for r in rows)
+    assert summary["target_metric"] == "f1" and 0 <= summary["test_f1"] <= 1
+    if "strategy.name=autofed" in extra:
+        # the trials judge the groups by the target metric: the winner's entry is its val F1
+        first = [r for r in rows if r["trial"] == 1]
+        best = max(r["val_f1"] for r in first)
+        assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(best)

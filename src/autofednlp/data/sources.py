@@ -179,7 +179,7 @@ def _where(cfg: DataConfig) -> str:
     name = cfg.dataset.strip()
     if name in BUNDLED:
         return f"bundled dataset {name!r}"
-    if Path(name).suffix.lower() in FILE_BUILDERS:
+    if Path(name).suffix.lower() in (*FILE_BUILDERS, *CONLL_SUFFIXES):
         return f"file {str(Path(name).expanduser())!r}"
     return f"hub dataset {name!r}"
 
@@ -306,7 +306,7 @@ def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
             version = "missing"
         return {"bundled": cfg.dataset, "version": version}
     path = Path(cfg.dataset).expanduser()
-    if path.suffix.lower() in FILE_BUILDERS and path.is_file():
+    if path.suffix.lower() in (*FILE_BUILDERS, *CONLL_SUFFIXES) and path.is_file():
         st = path.stat()
         return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return {"hub": cfg.dataset, "subset": cfg.hub_subset}
