@@ -16,7 +16,7 @@ from autofednlp.data.sources import load_splits
 from autofednlp.data.splits import make_splits
 from autofednlp.data.tagged import dominant_type, read_conll
 from autofednlp.data.tokenize import IGNORE, tokenize_words
-from autofednlp.model.build import build_model, model_shape, trainable_state, trained_part
+from autofednlp.model.build import build_model, model_shape, trainable_state
 from autofednlp.model.kinds import TuneSpec
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC"]
@@ -82,7 +82,7 @@ def test_tagging_learns_on_the_tiny_bert(tiny_model_dir):
     model = build_model(tiny_model_dir, len(TAGS), spec, seed=0, task="tagging")
     data = synthetic_split()
     shape = model_shape(tiny_model_dir, len(TAGS), task="tagging")
-    part = trained_part(spec)
+    part = spec
     before = evaluate(model, data, shape, part, label_names=TAGS)
     cfg = ClientConfig(local_epochs=30, batch_size=8)
     local_train(model, data, cfg, 1e-2, spec.boundary(2), shape, part, seed=0)
@@ -109,7 +109,7 @@ def test_cache_is_exact_for_tagging(tiny_model_dir, spec, tmp_path):
             1e-2,
             spec.boundary(2),
             shape,
-            trained_part(spec),
+            spec,
             seed=5,
             cache=cache if cached else None,
             sample_ids=torch.arange(len(data)),
@@ -128,7 +128,7 @@ def test_token_head_is_counted_on_every_token():
     spec = TuneSpec("bottleneck", 0, 8)
     pooled = ModelShape(2, 4, 8, num_labels=3, pooler=False)
     per_token = dataclasses.replace(pooled, token_head=True)
-    part = trained_part(spec)
+    part = spec
     # head: 2 * H * C = 24 FLOPs once per sequence, or once per each of 10 tokens
     assert eval_flops(per_token, part, 1, 10) - eval_flops(pooled, part, 1, 10) == 24 * 9
 
@@ -263,6 +263,10 @@ def test_tagging_run_predict_and_export(tiny_model_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), "Anna visited Rome"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Anna visited Rome\t")
+    # report plots a tagging run by entity F1
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    csv_head = (tmp_path / "report" / "accuracy_vs_time.csv").read_text().splitlines()[0]
+    assert csv_head == "run,sim_time_s,best_val_f1"
 
 
 def _conll_file(tmp_path, sentences, name="ner.conll"):

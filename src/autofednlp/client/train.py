@@ -11,7 +11,6 @@ from autofednlp.client.cache import ActivationCache
 from autofednlp.config import ClientConfig
 from autofednlp.cost.flops import (
     ModelShape,
-    TrainedPart,
     eval_flops,
     fill_cache_flops,
     train_step_flops,
@@ -19,6 +18,7 @@ from autofednlp.cost.flops import (
 from autofednlp.data.federated import TokenizedSplit
 from autofednlp.data.tokenize import trim_batch
 from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.spec import TuneSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def local_train(
     lr: float,
     boundary: int,
     shape: ModelShape,
-    part: TrainedPart,
+    spec: TuneSpec,
     seed: int,
     cache: ActivationCache | None = None,
     sample_ids: torch.Tensor | None = None,
@@ -71,7 +71,7 @@ def local_train(
             if cache is not None:
                 hidden, misses = cache.hidden_for(model, boundary, sample_ids[idx], ids, mask)
                 logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
-                flops += fill_cache_flops(shape, part, misses, ids.shape[1])
+                flops += fill_cache_flops(shape, spec, misses, ids.shape[1])
             else:
                 logits = model(ids, mask, boundary=boundary)
             loss = model.task.loss(logits, batch_labels(data.labels[idx], ids.shape[1]))
@@ -82,7 +82,7 @@ def local_train(
             opt.step()
             total_loss += loss.item()
             steps += 1
-            flops += train_step_flops(shape, part, len(idx), ids.shape[1], cached=cache is not None)
+            flops += train_step_flops(shape, spec, len(idx), ids.shape[1], cached=cache is not None)
     return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
 
 
@@ -109,7 +109,7 @@ def evaluate(
     model: EncoderClassifier,
     data: TokenizedSplit,
     shape: ModelShape,
-    part: TrainedPart,
+    spec: TuneSpec,
     batch_size: int = 64,
     boundary: int = 0,
     features: list[torch.Tensor] | None = None,
@@ -133,7 +133,7 @@ def evaluate(
         loss, n = task.loss_sum(logits, labels)
         total_loss, counted = total_loss + loss, counted + n
         outcomes += task.outcomes(logits, labels)
-        flops += eval_flops(shape, part, len(labels), ids.shape[1])
+        flops += eval_flops(shape, spec, len(labels), ids.shape[1])
     names = list(label_names or [str(i) for i in range(model.classifier.out_features)])
     metrics = task.metrics(outcomes, names) if outcomes else {}
     return EvalResult(

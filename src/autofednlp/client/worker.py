@@ -30,7 +30,6 @@ from autofednlp.model.build import (
     model_shape,
     resolve_model_path,
     trainable_state,
-    trained_part,
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.kinds import TuneSpec
@@ -144,7 +143,6 @@ def train_round(
     load_trainable(model, state)
     cache = activation_cache(cfg, run_id or "default", partition_id, model, local.scope)
     shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling, cfg.data.task_name)
-    part = trained_part(spec)
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
     result = local_train(
         model,
@@ -153,7 +151,7 @@ def train_round(
         learning_rate(spec, cfg.client.learning_rate),
         spec.boundary(model.num_layers),
         shape,
-        part,
+        spec,
         seed,
         cache=cache,
         sample_ids=local.sample_ids,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autofednlp.config import ConfigError
-from autofednlp.cost.flops import ModelShape, TrainedPart
+from autofednlp.cost.flops import ModelShape
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.families import family_for
 from autofednlp.model.kinds import TuneSpec, get_kind
@@ -58,7 +58,8 @@ def model_shape(
     model_name: str, num_labels: int, pooling: str = "mean", task: str = "classification"
 ) -> ModelShape:
     encoder = _pretrained(resolve_model_path(model_name))
-    layers, hidden, intermediate = family_for(encoder).shape(encoder.config)
+    family = family_for(encoder)
+    layers, hidden, intermediate = family.shape(encoder.config)
     per_token = make_task(task, pooling).per_token
     return ModelShape(
         layers,
@@ -67,6 +68,7 @@ def model_shape(
         num_labels,
         pooler=pooling == "cls" and not per_token,
         token_head=per_token,
+        lora_modules=len(family.lora_targets),
     )
 
 
@@ -122,10 +124,6 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def trained_part(spec: TuneSpec) -> TrainedPart:
-    return TrainedPart(get_kind(spec.kind).cost_kind, spec.depth, spec.width)
 
 
 def learning_rate(spec: TuneSpec, configured: float) -> float:

@@ -31,7 +31,6 @@ from autofednlp.model.build import (
     resolve_model_path,
     state_bytes,
     trainable_state,
-    trained_part,
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
@@ -264,7 +263,7 @@ class FederatedRun:
             model,
             data,
             self.shape,
-            trained_part(spec),
+            spec,
             boundary=boundary,
             features=features,
             label_names=list(self.data.label_names),
