@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from autofednlp.config import ConfigError
+
 
 def tokenize_texts(
     texts: Sequence[str], tokenizer: Any, max_length: int
@@ -51,8 +53,9 @@ def tokenize_words(
         empty = torch.zeros((0, max_length), dtype=torch.long)
         return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}, 0
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"{type(tokenizer).__name__} is not a fast tokenizer: tagging needs its word_ids()"
+        raise ConfigError(
+            f"model.name: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
+            "tagging needs one (word_ids() aligns tags with sub-tokens)"
         )
     enc = tokenizer(
         [list(w) for w in words],
