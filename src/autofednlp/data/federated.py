@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -209,11 +210,10 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
     }
     lost = {name: n for name, (_, n) in encoded.items() if n}
     if lost:
-        warnings.warn(
-            f"data.max_length = {cfg.max_length}: truncation cut "
-            + ", ".join(f"{n} words of {name}" for name, n in lost.items())
-            + " (they are not trained on nor scored)",
-            stacklevel=3,
+        logging.getLogger("autofednlp").warning(
+            "data.max_length = %d: truncation cut %s (they are neither trained on nor scored)",
+            cfg.max_length,
+            ", ".join(f"{n} words of {name}" for name, n in lost.items()),
         )
     return FederatedData(
         **{name: split for name, (split, _) in encoded.items()},
