@@ -337,3 +337,36 @@ def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra
         first = [r for r in rows if r["trial"] == 1]
         best = max(r["val_f1"] for r in first)
         assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(best)
+
+
+def test_target_metric_follows_the_task_and_is_checked():
+    from autofednlp.config import load_config
+
+    assert load_config(None, []).target_metric == "accuracy"
+    assert load_config(None, ['data.dataset="twitter_ner"']).target_metric == "f1"
+    assert load_config(None, ["federation.target_metric=macro_f1"]).target_metric == "macro_f1"
+    with pytest.raises(ConfigError, match="target_metric = 'f1': not a metric of classification"):
+        load_config(None, ["federation.target_metric=f1"])
+
+
+@pytest.mark.parametrize(
+    "tags, labels, expected",
+    [
+        ([[1, 0]], ["O", "B-PER"], [[1, 0]]),
+        ([[1, 0]], [], "holds tag ids without names; set data.labels"),
+        ([[5, 0]], ["O", "B-PER"], "row 1: tag id 5 is outside the tag set"),
+        ([["B-ORG", "O"]], ["O", "B-PER"], "row 1: tag 'B-ORG' is not in the tag set"),
+    ],
+)
+def test_jsonl_tag_ids_and_declared_tag_sets(tmp_path, tags, labels, expected):
+    path = tmp_path / "ids.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"tokens": ["Anna", "x"], "ner_tags": t}) for t in tags) + "\n"
+    )
+    cfg = DataConfig(dataset=str(path), task="tagging", labels=labels)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            load_splits(cfg, seed=0)
+    else:
+        (ds,) = load_splits(cfg, seed=0).values()
+        assert ds.tags == expected and ds.label_names == labels
