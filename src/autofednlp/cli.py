@@ -21,11 +21,32 @@ def _fields_help() -> str:
     return "\n".join(lines)
 
 
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "entity F1"}
+
+
 def format_summary(s: dict[str, Any]) -> str:
     tta = s.get("time_to_accuracy")
     reached = (
         f"{human_duration(tta['sim_time_s'])} (round {tta['round']})" if tta else "not reached"
     )
+    metric = s.get("target_metric", "accuracy")  # runs before #10 have no target_metric
+    name = METRIC_NAMES.get(metric, metric)
+    short = {"accuracy": "val acc"}.get(metric, f"val {name}")
+    scores = [("best validation accuracy", f"{s['best_val_accuracy']:.4f}")]
+    if metric != "accuracy":
+        scores = [(f"best validation {name}", f"{s[f'best_val_{metric}']:.4f}")]
+    scores.append((f"final test {name}", f"{s[f'test_{metric}']:.4f}"))
+    if s.get("task") == "tagging":
+        scores.append(
+            (
+                "test precision / recall",
+                f"{s['test_precision']:.4f} / {s['test_recall']:.4f} "
+                f"(token accuracy {s['test_accuracy']:.4f})",
+            )
+        )
+    if s.get("lost_words"):
+        cut = ", ".join(f"{n} in {k}" for k, n in s["lost_words"].items())
+        scores.append(("words cut by max_length", cut))
     rows = [
         ("configuration", s["config"]),
         *(
@@ -34,9 +55,8 @@ def format_summary(s: dict[str, Any]) -> str:
             else []
         ),
         ("rounds", s["rounds"]),
-        (f"time to {s['target_accuracy']:.0%} val acc", reached),
-        ("best validation accuracy", f"{s['best_val_accuracy']:.4f}"),
-        ("final test accuracy", f"{s['test_accuracy']:.4f}"),
+        (f"time to {s['target_accuracy']:.0%} {short}", reached),
+        *scores,
         ("simulated time", human_duration(s["sim_time_s"])),
         ("traffic up / down", f"{s['bytes_up'] / 1e6:.2f} MB / {s['bytes_down'] / 1e6:.2f} MB"),
         ("energy", f"{s['energy_j'] / 3600:.2f} Wh"),
@@ -92,6 +112,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         raise ConfigError("predict: give some text, or --file with one text per line")
     tok = AutoTokenizer.from_pretrained(base)
+    if model.task.name == "tagging":
+        from autofednlp.model.predict import tag_texts
+
+        for text, found in zip(texts, tag_texts(model, tok, labels, texts, args.max_length)):
+            shown = "  ".join(f"{e.text} [{e.type}]" for e in found) or "(no entities)"
+            print(f"{text[:80]}\t{shown}")
+        return 0
     enc = tok(texts, truncation=True, max_length=args.max_length, padding=True, return_tensors="pt")
     with torch.no_grad():
         probs = model(enc["input_ids"], enc["attention_mask"]).softmax(-1)
@@ -118,11 +145,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     print("  bbc_news      BBC News, 2,225 articles, 5 topics (text classification)")
     print(f"                labels: {', '.join(bbc_news_topics())}")
-    print("  twitter_ner   Twitter NER, 2,395 tweets, BIO tags of 10 types (loader only so far)")
+    print("  twitter_ner   Twitter NER, 2,394 tweets, BIO tags of 10 entity types (tagging;")
+    print("                see configs/twitter-ner.toml)")
     print("your own files: data.dataset = path to .csv / .json / .jsonl / .parquet,")
-    print("  with data.text_column and data.label_column naming the columns")
+    print("  with data.text_column and data.label_column naming the columns;")
+    print("  tagging: a CoNLL-style .conll / .iob / .bio / .txt file (a word per line, its tag")
+    print("  in the last column), or .jsonl / .parquet with data.tokens_column and")
+    print('  data.tags_column naming list columns (set data.task = "tagging")')
     print("Hugging Face hub (needs network): data.dataset = a hub id, e.g. ag_news,")
-    print("  SetFit/20_newsgroups (data.hub_subset for datasets with several configurations)")
+    print("  SetFit/20_newsgroups (data.hub_subset for datasets with several configurations);")
+    print('  tagging: conll2003, wnut_17 with data.task = "tagging" (their own splits are kept)')
     return 0
 
 
@@ -181,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", help="run directories written by `run`")
     report.add_argument("--out", help="write accuracy/trajectory/traffic plots here")
     report.set_defaults(func=cmd_report)
-    predict = sub.add_parser("predict", help="classify text with a finished run's model")
+    predict = sub.add_parser(
+        "predict",
+        help="classify text (or, for a tagging run, find its entities) with a run's model",
+    )
     predict.add_argument("run_dir", help="a run directory written by `run`")
     predict.add_argument("text", nargs="*", help="texts to classify")
     predict.add_argument("--file", help="a UTF-8 file with one text per line")

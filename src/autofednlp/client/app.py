@@ -37,7 +37,7 @@ def _identity(context: Context, cfg: ExperimentConfig) -> tuple[int, str, str]:
 
 # the file types data.sources reads (a test keeps the two in step); here without importing
 # it, which would load torch for a query that must stay light
-DATA_FILE_TYPES = (".csv", ".json", ".jsonl", ".parquet")
+DATA_FILE_TYPES = (".csv", ".json", ".jsonl", ".parquet", ".conll", ".iob", ".bio", ".txt")
 
 
 def check_data_file(data_file: str) -> None:

@@ -261,7 +261,7 @@ def _boundary_of(folder: Path) -> int | None:
 
 def _check_frozen(model: EncoderClassifier, boundary: int) -> None:
     """Cached states are only valid if nothing below the boundary is trained."""
-    below = [model.encoder.embeddings, *model.layers[:boundary]]
+    below = [model.embeddings, *model.layers[:boundary]]
     if any(p.requires_grad for m in below for p in m.parameters()):
         raise ValueError(f"boundary = {boundary}: parameters below it are trainable, not cacheable")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -11,7 +11,6 @@ from autofednlp.client.cache import ActivationCache
 from autofednlp.config import ClientConfig
 from autofednlp.cost.flops import (
     ModelShape,
-    TrainedPart,
     eval_flops,
     fill_cache_flops,
     train_step_flops,
@@ -19,6 +18,7 @@ from autofednlp.cost.flops import (
 from autofednlp.data.federated import TokenizedSplit
 from autofednlp.data.tokenize import trim_batch
 from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.spec import TuneSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def local_train(
     lr: float,
     boundary: int,
     shape: ModelShape,
-    part: TrainedPart,
+    spec: TuneSpec,
     seed: int,
     cache: ActivationCache | None = None,
     sample_ids: torch.Tensor | None = None,
@@ -60,7 +60,6 @@ def local_train(
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg, lr)
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     n = len(data)
     total_loss, steps, flops = 0.0, 0, 0.0
@@ -72,10 +71,10 @@ def local_train(
             if cache is not None:
                 hidden, misses = cache.hidden_for(model, boundary, sample_ids[idx], ids, mask)
                 logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
-                flops += fill_cache_flops(shape, part, misses, ids.shape[1])
+                flops += fill_cache_flops(shape, spec, misses, ids.shape[1])
             else:
                 logits = model(ids, mask, boundary=boundary)
-            loss = loss_fn(logits, data.labels[idx])
+            loss = model.task.loss(logits, batch_labels(data.labels[idx], ids.shape[1]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:
@@ -83,16 +82,26 @@ def local_train(
             opt.step()
             total_loss += loss.item()
             steps += 1
-            flops += train_step_flops(shape, part, len(idx), ids.shape[1], cached=cache is not None)
+            flops += train_step_flops(shape, spec, len(idx), ids.shape[1], cached=cache is not None)
     return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
+
+
+def batch_labels(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """A batch's labels cut to its trimmed width: per-token labels (tagging) lose the columns
+    `trim_batch` dropped, which are padding and so labelled -100."""
+    return labels[:, :width] if labels.dim() == 2 else labels
 
 
 @dataclass(frozen=True)
 class EvalResult:
+    """`loss` is per labelled sample (classification) or word (tagging); `metrics` holds the
+    task's metrics (accuracy and macro_f1, or f1, precision, recall and token accuracy)."""
+
     loss: float
     accuracy: float
     num_examples: int
     flops: float
+    metrics: dict[str, float] = field(default_factory=dict)
     sample_losses: torch.Tensor | None = None  # per sample, in data order (per_sample=True)
 
 
@@ -101,36 +110,45 @@ def evaluate(
     model: EncoderClassifier,
     data: TokenizedSplit,
     shape: ModelShape,
-    part: TrainedPart,
+    spec: TuneSpec,
     batch_size: int = 64,
     boundary: int = 0,
     features: list[torch.Tensor] | None = None,
+    label_names: list[str] | None = None,
     per_sample: bool = False,
 ) -> EvalResult:
-    """Loss and accuracy of `model` on `data` (dropout off).
+    """Loss and the task's metrics of `model` on `data` (dropout off).
 
     `features`, if given, holds for each batch the hidden states entering layer `boundary`
-    (from `frozen_features`), so only the layers above it run. `per_sample` also returns each
-    sample's loss (for paired comparisons of two models on the same samples).
+    (from `frozen_features`), so only the layers above it run. `label_names` (the tag names)
+    are needed for entity-level scores. `per_sample` also returns each sample's loss (for
+    paired comparisons of two models on the same samples).
     """
     model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="none")
-    total_loss, correct, flops, losses = 0.0, 0, 0.0, []
+    task = model.task
+    total_loss, counted, flops, outcomes, losses = 0.0, 0, 0.0, [], []
     for i, start in enumerate(range(0, len(data), batch_size)):
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
         hidden = features[i] if features is not None else None
         logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
-        labels = data.labels[sl]
-        batch_losses = loss_fn(logits, labels)
-        total_loss += batch_losses.sum().item()
+        labels = batch_labels(data.labels[sl], ids.shape[1])
+        loss, n = task.loss_sum(logits, labels)
+        total_loss, counted = total_loss + loss, counted + n
+        outcomes += task.outcomes(logits, labels)
         if per_sample:
-            losses.append(batch_losses)
-        correct += (logits.argmax(-1) == labels).sum().item()
-        flops += eval_flops(shape, part, len(labels), ids.shape[1])
-    n = max(len(data), 1)
-    sample_losses = torch.cat(losses) if per_sample and losses else None
-    return EvalResult(total_loss / n, correct / n, len(data), flops, sample_losses)
+            losses.append(task.sample_losses(logits, labels))
+        flops += eval_flops(shape, spec, len(labels), ids.shape[1])
+    names = list(label_names or [str(i) for i in range(model.classifier.out_features)])
+    metrics = task.metrics(outcomes, names) if outcomes else {}
+    return EvalResult(
+        total_loss / max(counted, 1),
+        metrics.get("accuracy", 0.0),
+        len(data),
+        flops,
+        metrics,
+        torch.cat(losses) if losses else None,
+    )
 
 
 @torch.no_grad()

@@ -30,7 +30,6 @@ from autofednlp.model.build import (
     model_shape,
     resolve_model_path,
     trainable_state,
-    trained_part,
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.kinds import TuneSpec
@@ -77,11 +76,14 @@ def local_data(
 def _model_for(cfg: ExperimentConfig, num_labels: int, spec: TuneSpec) -> EncoderClassifier:
     # Frozen weights never change and trainable ones are overwritten on every call, so one
     # model per spec can serve every round in this process.
-    key = (cfg.model.name, cfg.model.pooling, num_labels, spec)
+    task = cfg.data.task_name
+    key = (cfg.model.name, cfg.model.pooling, task, num_labels, spec)
     if key not in _MODELS:
         if len(_MODELS) >= 4:
             _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = build_model(cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling)
+        _MODELS[key] = build_model(
+            cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling, task
+        )
     return _MODELS[key]
 
 
@@ -106,7 +108,9 @@ def activation_cache(
     """
     if not cfg.client.activation_cache or model.embeddings_trainable():
         return None
-    model_key = f"{resolve_model_path(cfg.model.name)}/{cfg.model.pooling}"
+    # the cached states are below the head: the task and pooling do not change them, but a
+    # run never mixes tasks, so keeping them in the key costs nothing and is safe
+    model_key = f"{resolve_model_path(cfg.model.name)}/{cfg.model.pooling}/{cfg.data.task_name}"
     namespace = f"{run_id}/{model_key}/{partition_id}/{scope}"
     return ActivationCache(
         namespace,
@@ -138,8 +142,7 @@ def train_round(
     model = _model_for(cfg, local.num_labels, spec)
     load_trainable(model, state)
     cache = activation_cache(cfg, run_id or "default", partition_id, model, local.scope)
-    shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling)
-    part = trained_part(spec)
+    shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling, cfg.data.task_name)
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
     result = local_train(
         model,
@@ -148,7 +151,7 @@ def train_round(
         learning_rate(spec, cfg.client.learning_rate),
         spec.boundary(model.num_layers),
         shape,
-        part,
+        spec,
         seed,
         cache=cache,
         sample_ids=local.sample_ids,

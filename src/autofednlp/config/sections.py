@@ -49,27 +49,54 @@ WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
+TASKS = ("auto", "classification", "tagging")
+# CoNLL-style files (a token per line, its tag in the last column) are tagging data
+CONLL_SUFFIXES = (".conll", ".iob", ".bio", ".txt")
+TAGGING_DATASETS = ("twitter_ner",)
+TARGET_METRICS = ("auto", "accuracy", "macro_f1", "f1")
+# what `federation.target_metric = "auto"` means, and the metrics a task reports
+DEFAULT_TARGET = {"classification": "accuracy", "tagging": "f1"}
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "tagging": ("f1", "precision", "recall", "accuracy"),
+}
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _f(
         "bbc_news",
-        "bundled name (bbc_news, twitter_ner), a local .csv/.json/.jsonl/.parquet file, "
-        "or a Hugging Face hub dataset id (e.g. ag_news)",
+        "bundled name (bbc_news, twitter_ner), a local .csv/.json/.jsonl/.parquet file, a "
+        "CoNLL-style .conll/.iob/.bio/.txt file (tagging), or a Hugging Face hub dataset id "
+        "(e.g. ag_news, conll2003)",
+    )
+    task: str = _f(
+        "auto",
+        "classification (a label per text) or tagging (a tag per word, e.g. NER); auto = "
+        "tagging for twitter_ner and CoNLL-style files, classification otherwise",
     )
     hub_subset: str = _f("", "hub dataset configuration name, if the dataset has several")
     text_column: str = _f("text", "column holding the text (local and hub datasets)")
     label_column: str = _f("label", "column holding the class label (local and hub datasets)")
+    tokens_column: str = _f("tokens", "tagging: column holding each sentence's list of words")
+    tags_column: str = _f(
+        "ner_tags", "tagging: column holding each sentence's list of tags (names or ids)"
+    )
     labels: list[str] = _f(
         [],
-        'the label set, in order (label ids follow it), e.g. ["neg", "pos"]; a '
-        "sample with a label outside it is an error. Empty = the labels found in the data",
+        'the label (tagging: tag) set, in order (ids follow it), e.g. ["neg", "pos"] or '
+        '["O", "B-PER", "I-PER"]; a sample with a label outside it is an error. Empty = the '
+        "labels found in the data",
     )
     max_length: int = _f(128, "tokens per sample after truncation")
     max_samples: int = _f(0, "use only this many samples in all (seeded pick); 0 = all")
     validation_fraction: float = _f(0.1, "share held by the server for model selection")
     test_fraction: float = _f(0.1, "share held out and only reported at the end")
+    resplit: bool = _f(
+        False,
+        "pool a source's own train/validation/test splits (hub datasets) and re-split them "
+        "with the fractions above; false = use the source's splits where it has them",
+    )
     num_clients: int = _f(100, "number of clients the training split is partitioned into")
     partitioner: str = _f("dirichlet", f"how training data is split: {', '.join(PARTITIONERS)}")
     alpha: float = _f(1.0, "Dirichlet concentration of the label skew (smaller = more skewed)")
@@ -95,6 +122,18 @@ class DataConfig:
         _check_min(self, "data", 1, "num_clients", "shards_per_client")
         _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
         _check_min(self, "data", 0, "alpha", strict=True)
+        _check_choice("data.task", self.task, TASKS)
+
+    @property
+    def task_name(self) -> str:
+        """The task, with `auto` resolved from the dataset's name (no data is read)."""
+        if self.task != "auto":
+            return self.task
+        name = self.dataset.strip()
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if name in TAGGING_DATASETS or f".{suffix}" in CONLL_SUFFIXES:
+            return "tagging"
+        return "classification"
 
 
 @dataclass(frozen=True)
@@ -161,7 +200,17 @@ class FederationConfig:
     rounds: int = _f(20, "maximum federated rounds")
     clients_per_round: int = _f(15, "clients sampled each round")
     eval_every: int = _f(1, "evaluate the global model on the validation split every N rounds")
-    target_accuracy: float = _f(0.9, "validation accuracy that counts as 'reached'")
+    target_accuracy: float = _f(
+        0.9,
+        "value of the target metric (federation.target_metric) on the validation split that "
+        "counts as 'reached' (the key keeps its name for every metric)",
+    )
+    target_metric: str = _f(
+        "auto",
+        "the metric time-to-target, the summary, progress lines, reports and AutoFedNLP's "
+        "trials use: accuracy, macro_f1 (classification), f1 (entity-level, tagging); "
+        "auto = f1 for tagging, accuracy for classification",
+    )
     target_hold: int = _f(
         2,
         "evaluations in a row the served model must hold the target for it to count as "
@@ -194,6 +243,7 @@ class FederationConfig:
         )
         _check_min(self, "federation", 0, "num_cpus_per_client", strict=True)
         _check_choice("federation.engine", self.engine, ENGINES)
+        _check_choice("federation.target_metric", self.target_metric, TARGET_METRICS)
 
 
 @dataclass(frozen=True)
@@ -319,6 +369,12 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
+    @property
+    def target_metric(self) -> str:
+        """`federation.target_metric` with `auto` resolved for the task."""
+        m = self.federation.target_metric
+        return DEFAULT_TARGET[self.data.task_name] if m == "auto" else m
+
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "name", self.name, "must not be empty")
         _check(
@@ -326,6 +382,14 @@ class ExperimentConfig:
             "federation.clients_per_round",
             self.federation.clients_per_round,
             f"must be <= data.num_clients ({self.data.num_clients})",
+        )
+        task = self.data.task_name
+        allowed = [m for m in TARGET_METRICS if m == "auto" or m in TASK_METRICS[task]]
+        _check(
+            self.federation.target_metric in allowed,
+            "federation.target_metric",
+            self.federation.target_metric,
+            f"not a metric of {task} (use {', '.join(allowed)})",
         )
         if self.strategy.name == "autofed":
             _check(

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from autofednlp.config import ConfigError, ExperimentConfig
-from autofednlp.cost.flops import BERT_BASE, TrainedPart, train_step_flops
+from autofednlp.cost.flops import BERT_BASE, train_step_flops
+from autofednlp.model.spec import TuneSpec
 
 CALIBRATION_BATCH = 4
 CALIBRATION_SEQ_LEN = 256
@@ -32,7 +33,7 @@ def calibration_flops() -> float:
     """FLOPs of the calibration workload: one full fine-tuning step of BERT-base."""
     return train_step_flops(
         BERT_BASE,
-        TrainedPart("full", BERT_BASE.num_layers),
+        TuneSpec("full", BERT_BASE.num_layers),
         CALIBRATION_BATCH,
         CALIBRATION_SEQ_LEN,
     )

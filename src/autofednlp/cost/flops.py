@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autofednlp.model.spec import TuneSpec
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -21,6 +23,8 @@ class ModelShape:
     intermediate: int
     num_labels: int = 2
     pooler: bool = True  # a dense H x H layer before the classifier (BERT's pooler)
+    token_head: bool = False  # the head classifies every token (tagging), not one pooled vector
+    lora_modules: int = 2  # projections per layer that LoRA adapts (the family's targets)
 
     @property
     def layer_weights(self) -> int:
@@ -42,73 +46,48 @@ def layer_forward_flops(shape: ModelShape, seq_len: int) -> float:
     return float(dense + attention)
 
 
-def adapter_weights(hidden: int, width: int) -> int:
-    """Weights of one bottleneck adapter: down (H x w) and up (w x H) projections."""
-    return 2 * hidden * width
-
-
 def head_weights(shape: ModelShape) -> int:
     """Classification head: the classifier (H x C), after a pooler (H x H) if there is one."""
     return shape.hidden * shape.hidden * shape.pooler + shape.hidden * shape.num_labels
 
 
-@dataclass(frozen=True)
-class TrainedPart:
-    """What a training step runs: which layers are trained and how."""
-
-    kind: str  # "full" | "freeze" | "bottleneck" | "lora" | "head"
-    depth: int  # top layers trained (full: all)
-    width: int = 0  # adapter bottleneck / LoRA rank
-
-    def trained_layers(self, shape: ModelShape) -> int:
-        return shape.num_layers if self.kind == "full" else min(self.depth, shape.num_layers)
-
-    def extra_weights_per_layer(self, shape: ModelShape) -> int:
-        """Weights added to a trained layer by the adapter kind."""
-        if self.kind == "bottleneck":
-            return adapter_weights(shape.hidden, self.width)
-        if self.kind == "lora":
-            # LoRA on the query and value projections: A (H x r) and B (r x H) each.
-            return 2 * 2 * shape.hidden * self.width
-        return 0
-
-    @property
-    def layer_weights_trained(self) -> bool:
-        """Whether the transformer weights of trained layers get gradients (not just adapters)."""
-        return self.kind in ("full", "freeze")
+def head_forward_flops(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs of the head for one sequence: once on the pooled vector, or on every one
+    of the `seq_len` tokens for a token head (tagging)."""
+    return 2.0 * head_weights(shape) * (seq_len if shape.token_head else 1)
 
 
 def train_step_flops(
-    shape: ModelShape, part: TrainedPart, batch: int, seq_len: int, cached: bool = False
+    shape: ModelShape, spec: TuneSpec, batch: int, seq_len: int, cached: bool = False
 ) -> float:
     """FLOPs of one optimizer step on `batch` sequences of `seq_len` tokens.
 
     With `cached`, the frozen bottom layers are not run at all: their output comes from the
     activation cache, so only the trained top layers run forward.
     """
-    d = part.trained_layers(shape)
+    d = spec.trained_layers(shape.num_layers)
     layer_f = layer_forward_flops(shape, seq_len)
-    extra_f = 2.0 * part.extra_weights_per_layer(shape) * seq_len
+    extra_f = 2.0 * spec.added_weights_per_layer(shape.hidden, shape.lora_modules) * seq_len
     frozen_layers = shape.num_layers - d
     forward = (0 if cached else frozen_layers * layer_f) + d * (layer_f + extra_f)
     # Trained layers: input gradients through every layer (1x), weight gradients (1x) for
     # the transformer weights when they are trained, and always for the adapter weights.
     backward = d * (layer_f + 2 * extra_f)
-    if part.layer_weights_trained:
+    if spec.trains_layer_weights:
         backward += d * layer_f
-    head = 2.0 * head_weights(shape)  # pooler + classifier, per sequence (pooled token only)
+    head = head_forward_flops(shape, seq_len)  # forward 1x, backward 2x (input + weights)
     return batch * (forward + backward + 3 * head)
 
 
-def fill_cache_flops(shape: ModelShape, part: TrainedPart, batch: int, seq_len: int) -> float:
+def fill_cache_flops(shape: ModelShape, spec: TuneSpec, batch: int, seq_len: int) -> float:
     """FLOPs of computing the frozen part once for `batch` sequences (to fill the cache)."""
-    frozen = shape.num_layers - part.trained_layers(shape)
+    frozen = shape.num_layers - spec.trained_layers(shape.num_layers)
     return batch * frozen * layer_forward_flops(shape, seq_len)
 
 
-def eval_flops(shape: ModelShape, part: TrainedPart, batch: int, seq_len: int) -> float:
+def eval_flops(shape: ModelShape, spec: TuneSpec, batch: int, seq_len: int) -> float:
     """Forward-only FLOPs of classifying `batch` sequences."""
-    d = part.trained_layers(shape)
+    d = spec.trained_layers(shape.num_layers)
     layer_f = layer_forward_flops(shape, seq_len)
-    extra_f = 2.0 * part.extra_weights_per_layer(shape) * seq_len
-    return batch * (shape.num_layers * layer_f + d * extra_f + 2.0 * head_weights(shape))
+    extra_f = 2.0 * spec.added_weights_per_layer(shape.hidden, shape.lora_modules) * seq_len
+    return batch * (shape.num_layers * layer_f + d * extra_f + head_forward_flops(shape, seq_len))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from autofednlp.cost.devices import DeviceProfile
-from autofednlp.cost.flops import TrainedPart, train_step_flops
+from autofednlp.cost.flops import train_step_flops
 
 
 def measure_profile(
@@ -43,7 +43,7 @@ def measure_profile(
         if i > 0:  # the first step pays for allocation and kernel selection
             times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]
-    flops = train_step_flops(model_shape(model_name, 2), TrainedPart("full", 0), batch, seq_len)
+    flops = train_step_flops(model_shape(model_name, 2), spec, batch, seq_len)
     return DeviceProfile(
         name,
         flops / step_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -23,18 +24,19 @@ import torch
 from autofednlp.config import DataConfig
 from autofednlp.data import tokenize
 from autofednlp.data.partition import partition_indices
-from autofednlp.data.sources import load_text_dataset, source_fingerprint
-from autofednlp.data.splits import split_dataset
+from autofednlp.data.sources import Dataset, load_splits, source_fingerprint
+from autofednlp.data.splits import make_splits
 
 # bump when the layout or the meaning of a cached file changes
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 _memory_cache: dict[str, FederatedData] = {}
 
 
 @dataclass
 class TokenizedSplit:
-    """Aligned tensors: row i of each is sample i."""
+    """Aligned tensors: row i of each is sample i. `labels` is [N] (a class per text) or, for
+    tagging, [N, max_length] (a tag on each word's first token, -100 elsewhere)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -61,6 +63,9 @@ class FederatedData:
     test: TokenizedSplit
     label_names: list[str]
     partitions: list[list[int]]
+    task: str = "classification"
+    # tagging: words per split that got no token (cut by truncation at data.max_length)
+    lost_words: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -122,6 +127,8 @@ def _write_cache(path: Path, key: str, data: FederatedData) -> None:
         "key": key,
         "label_names": data.label_names,
         "partitions": data.partitions,
+        "task": data.task,
+        "lost_words": data.lost_words,
         **{name: split_state(getattr(data, name)) for name in ("train", "validation", "test")},
     }
     save_cache_file(path, state)
@@ -160,23 +167,36 @@ def _read_cache(path: Path, key: str) -> FederatedData | None:
             return None
         splits = {n: TokenizedSplit(**state[n]) for n in ("train", "validation", "test")}
         return FederatedData(
-            **splits, label_names=state["label_names"], partitions=state["partitions"]
+            **splits,
+            label_names=state["label_names"],
+            partitions=state["partitions"],
+            task=state["task"],
+            lost_words=state["lost_words"],
         )
     except Exception:
         # a truncated, foreign or older file is simply rebuilt: the cache is never the truth
         return None
 
 
+def encode(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, int]:
+    """Token tensors of a dataset, and the number of words truncation cut (tagging)."""
+    if hasattr(ds, "tokens"):  # tagging: a tag per word
+        enc, lost = tokenize.tokenize_words(ds.tokens, ds.tags, tokenizer, max_length)
+        return TokenizedSplit(**enc), lost
+    enc = tokenize.tokenize_texts(ds.texts, tokenizer, max_length)
+    return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long)), 0
+
+
 def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
     # imported here: a process that hits the cache never pays for importing transformers
     from transformers import AutoTokenizer
 
-    splits = split_dataset(
-        load_text_dataset(cfg, seed), cfg.validation_fraction, cfg.test_fraction, seed
+    splits = make_splits(
+        load_splits(cfg, seed), cfg.validation_fraction, cfg.test_fraction, seed, cfg.resplit
     )
     # partition before tokenizing, so a bad num_clients / alpha fails fast
     partitions = partition_indices(
-        splits.train.labels,
+        splits.train.strata,
         cfg.num_clients,
         cfg.partitioner,
         cfg.alpha,
@@ -184,17 +204,23 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-
-    def encode(ds) -> TokenizedSplit:
-        enc = tokenize.tokenize_texts(ds.texts, tokenizer, cfg.max_length)
-        return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long))
-
+    encoded = {
+        name: encode(getattr(splits, name), tokenizer, cfg.max_length)
+        for name in ("train", "validation", "test")
+    }
+    lost = {name: n for name, (_, n) in encoded.items() if n}
+    if lost:
+        logging.getLogger("autofednlp").warning(
+            "data.max_length = %d: truncation cut %s (they are neither trained on nor scored)",
+            cfg.max_length,
+            ", ".join(f"{n} words of {name}" for name, n in lost.items()),
+        )
     return FederatedData(
-        train=encode(splits.train),
-        validation=encode(splits.validation),
-        test=encode(splits.test),
+        **{name: split for name, (split, _) in encoded.items()},
         label_names=list(splits.train.label_names),
         partitions=partitions,
+        task=cfg.task_name,
+        lost_words=lost,
     )
 
 

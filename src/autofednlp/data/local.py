@@ -14,14 +14,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from autofednlp.config import ConfigError, DataConfig
-from autofednlp.data import tokenize
 from autofednlp.data.federated import (
     CACHE_FORMAT,
     TokenizedSplit,
     default_cache_dir,
+    encode,
     load_cache_file,
     save_cache_file,
     split_state,
@@ -41,7 +39,8 @@ def device_data_key(cfg: DataConfig, path: str, label_names: Sequence[str], toke
         "format": CACHE_FORMAT,
         "source": source_fingerprint(file_cfg),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "columns": [cfg.text_column, cfg.label_column],
+        "task": cfg.task_name,
+        "columns": [cfg.text_column, cfg.label_column, cfg.tokens_column, cfg.tags_column],
         "max_length": cfg.max_length,
         "labels": list(label_names),
     }
@@ -62,10 +61,10 @@ def load_device_data(
     cache_dir: str | Path | None = None,
     key: str | None = None,
 ) -> TokenizedSplit:
-    """The labelled rows of the device's file `path`, tokenized, labels numbered by
-    `label_names`. A device may hold one class only (that is label skew, not a mistake);
-    a label outside the set is a `ConfigError` naming the file and the label. `key` is
-    `device_data_key(...)` of these arguments when the caller has it already."""
+    """The labelled rows (tagging: sentences) of the device's file `path`, tokenized, labels
+    (tags) numbered by `label_names`. A device may hold one class only (that is label skew,
+    not a mistake); a label outside the set is a `ConfigError` naming the file and the label.
+    `key` is `device_data_key(...)` of these arguments when the caller has it already."""
     if len(label_names) < 2:
         raise ValueError("the server sent no label set with the task")
     _require_file(path)
@@ -77,13 +76,14 @@ def load_device_data(
     if split is None:
         from transformers import AutoTokenizer
 
-        file_cfg = dataclasses.replace(cfg, dataset=path, labels=list(label_names))
-        ds = load_file(file_cfg, FIELD)
-        ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
-        enc = tokenize.tokenize_texts(
-            ds.texts, AutoTokenizer.from_pretrained(tokenizer_path), cfg.max_length
+        # the experiment's task, not the file's name, decides how the file is read
+        file_cfg = dataclasses.replace(
+            cfg, dataset=path, labels=list(label_names), task=cfg.task_name
         )
-        split = TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long))
+        ds = load_file(file_cfg, FIELD)
+        if not hasattr(ds, "tokens"):
+            ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
+        split, _ = encode(ds, AutoTokenizer.from_pretrained(tokenizer_path), cfg.max_length)
         save_cache_file(cache, {"key": key, **split_state(split)})
     _memory_cache[key] = split
     return split

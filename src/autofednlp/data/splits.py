@@ -1,4 +1,9 @@
-"""Seeded, stratified splitting of a labelled text dataset into train / validation / test."""
+"""Seeded, stratified splitting of a labelled dataset into train / validation / test.
+
+Datasets are stratified by their `strata` label: the class for classification, the dominant
+entity type of a sentence for tagging (`data/tagged.py`). A source's own splits are kept
+(`make_splits`); only what it lacks is carved out of its training split.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 from autofednlp.config import ConfigError
 
 if TYPE_CHECKING:
-    from autofednlp.data.sources import TextDataset
+    from autofednlp.data.sources import Dataset as TextDataset
 
 
 @dataclass
@@ -64,7 +69,7 @@ def split_dataset(
     least one sample each. The same seed always gives the same split; samples keep their
     original order inside a split.
     """
-    n = len(ds.labels)
+    n = len(ds)
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * validation_fraction))
     if n - n_test - n_val < 1:
@@ -73,7 +78,7 @@ def split_dataset(
             "and test split"
         )
     rng = seeded_rng(seed, 2)
-    _, members = _by_class(ds.labels)
+    _, members = _by_class(ds.strata)
     counts = np.array([len(m) for m in members])
     test_k = allocate(counts, n_test)
     val_k = allocate(counts - test_k, n_val)
@@ -84,3 +89,45 @@ def split_dataset(
         parts["validation"] += shuffled[t : t + v]
         parts["train"] += shuffled[t + v :]
     return Splits(**{name: ds.select(sorted(idx)) for name, idx in parts.items()})
+
+
+def _carve(ds: TextDataset, fraction: float, seed: int, stream: int, what: str):
+    """(rest, carved): a stratified `fraction` of `ds` (at least one sample) split off."""
+    n = len(ds)
+    k = max(1, round(n * fraction))
+    if n - k < 1:
+        raise ConfigError(
+            f"data.dataset = {ds.name!r}: its training split has only {n} samples, too few to "
+            f"carve a {what} split from"
+        )
+    rng = seeded_rng(seed, stream)
+    _, members = _by_class(ds.strata)
+    take = allocate(np.array([len(m) for m in members]), k)
+    carved = {int(i) for m, t in zip(members, take) for i in rng.permutation(m)[:t]}
+    rest = [i for i in range(n) if i not in carved]
+    return ds.select(rest), ds.select(sorted(carved))
+
+
+def make_splits(
+    named: dict[str, TextDataset],
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    resplit: bool = False,
+) -> Splits:
+    """Train / validation / test from a source's data (`load_splits`'s result).
+
+    A source with its own splits keeps them; a missing validation or test split is carved
+    (stratified, seeded) out of its training split with the configured fraction. A source
+    without splits (or any source, with `resplit`) is pooled and split by `split_dataset`.
+    """
+    parts = list(named.values())
+    if resplit or "train" not in named or len(named) == 1:
+        pooled = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+        return split_dataset(pooled, validation_fraction, test_fraction, seed)
+    train, validation, test = named["train"], named.get("validation"), named.get("test")
+    if test is None:
+        train, test = _carve(train, test_fraction, seed, 4, "test")
+    if validation is None:
+        train, validation = _carve(train, validation_fraction, seed, 5, "validation")
+    return Splits(train, validation, test)

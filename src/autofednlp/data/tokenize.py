@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from autofednlp.config import ConfigError
+
 
 def tokenize_texts(
     texts: Sequence[str], tokenizer: Any, max_length: int
@@ -31,6 +33,53 @@ def tokenize_texts(
         "input_ids": enc["input_ids"].long(),
         "attention_mask": enc["attention_mask"].long(),
     }
+
+
+IGNORE = -100  # the label of positions the loss and the metrics skip (model/tasks.py)
+
+
+def tokenize_words(
+    words: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], tokenizer: Any, max_length: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Tagging: `input_ids`, `attention_mask` and per-token `labels` ([N, max_length] each),
+    and the number of words that got no token (cut by truncation, or empty).
+
+    Words are tokenized as given (`is_split_into_words`), so a fast tokenizer's `word_ids()`
+    says which word each token came from. The first sub-token of a word carries the word's tag;
+    its other sub-tokens, special tokens and padding are labelled -100 and ignored.
+    """
+    n = len(words)
+    if n == 0:
+        empty = torch.zeros((0, max_length), dtype=torch.long)
+        return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}, 0
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"model.name: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
+            "tagging needs one (word_ids() aligns tags with sub-tokens)"
+        )
+    enc = tokenizer(
+        [list(w) for w in words],
+        is_split_into_words=True,
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    labels = torch.full((n, max_length), IGNORE, dtype=torch.long)
+    lost = 0
+    for i, sentence_tags in enumerate(tags):
+        seen: set[int] = set()
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w not in seen:
+                seen.add(w)
+                labels[i, pos] = sentence_tags[w]
+        lost += len(sentence_tags) - len(seen)
+    return {
+        "input_ids": enc["input_ids"].long(),
+        "attention_mask": enc["attention_mask"].long(),
+        "labels": labels,
+    }, lost
 
 
 def trim_batch(

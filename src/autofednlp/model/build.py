@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from autofednlp.config import ConfigError
-from autofednlp.cost.flops import ModelShape, TrainedPart
+from autofednlp.cost.flops import ModelShape
 from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.families import family_for
 from autofednlp.model.kinds import TuneSpec, get_kind
+from autofednlp.model.tasks import make_task
 
 PACKAGED_MODEL = "minilm"
 
@@ -52,34 +54,51 @@ def model_num_layers(model_name: str) -> int:
     return _pretrained(resolve_model_path(model_name)).config.num_hidden_layers
 
 
-def model_shape(model_name: str, num_labels: int, pooling: str = "mean") -> ModelShape:
-    cfg = _pretrained(resolve_model_path(model_name)).config
+def model_shape(
+    model_name: str, num_labels: int, pooling: str = "mean", task: str = "classification"
+) -> ModelShape:
+    encoder = _pretrained(resolve_model_path(model_name))
+    family = family_for(encoder)
+    layers, hidden, intermediate = family.shape(encoder.config)
+    per_token = make_task(task, pooling).per_token
     return ModelShape(
-        cfg.num_hidden_layers,
-        cfg.hidden_size,
-        cfg.intermediate_size,
+        layers,
+        hidden,
+        intermediate,
         num_labels,
-        pooler=pooling == "cls",
+        pooler=pooling == "cls" and not per_token,
+        token_head=per_token,
+        lora_modules=len(family.lora_targets),
     )
 
 
 def build_model(
-    model_name: str, num_labels: int, spec: TuneSpec, seed: int, pooling: str = "mean"
+    model_name: str,
+    num_labels: int,
+    spec: TuneSpec,
+    seed: int,
+    pooling: str = "mean",
+    task: str = "classification",
 ) -> EncoderClassifier:
     """A fresh model for `spec`; new (non-pretrained) weights are initialised from `seed`."""
     encoder = copy.deepcopy(_pretrained(resolve_model_path(model_name)))
-    return build_from_encoder(encoder, num_labels, spec, seed, pooling)
+    return build_from_encoder(encoder, num_labels, spec, seed, pooling, task)
 
 
 def build_from_encoder(
-    encoder: nn.Module, num_labels: int, spec: TuneSpec, seed: int, pooling: str = "mean"
+    encoder: nn.Module,
+    num_labels: int,
+    spec: TuneSpec,
+    seed: int,
+    pooling: str = "mean",
+    task: str = "classification",
 ) -> EncoderClassifier:
-    n = encoder.config.num_hidden_layers
+    n = family_for(encoder).shape(encoder.config)[0]
     if spec.kind != "full" and spec.depth > n:
         raise ConfigError(f"tune.depth = {spec.depth}: the model has only {n} layers")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = EncoderClassifier(encoder, num_labels, pooling)
+        model = EncoderClassifier(encoder, num_labels, pooling, task)
         get_kind(spec.kind).apply(model, spec)
     return model
 
@@ -105,10 +124,6 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def trained_part(spec: TuneSpec) -> TrainedPart:
-    return TrainedPart(get_kind(spec.kind).cost_kind, spec.depth, spec.width)
 
 
 def learning_rate(spec: TuneSpec, configured: float) -> float:

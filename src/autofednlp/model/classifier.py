@@ -1,8 +1,12 @@
-"""A pretrained encoder with a classification head, run layer by layer.
+"""The network: a pretrained encoder run layer by layer, with the head of a task on top.
 
-Running the layers ourselves (instead of the encoder's own forward) lets one code path serve
-plain training, training from cached boundary activations, and evaluation, so cached and
-uncached passes compute exactly the same thing.
+`family.embed` -> `family.run_layers(0, boundary)` without gradients (the cacheable part) ->
+`family.run_layers(boundary, L)` -> `task.head`. Running the layers ourselves (instead of the
+encoder's own forward) lets one code path serve plain training, training from cached boundary
+activations, and evaluation, so cached and uncached passes compute exactly the same thing. The
+encoder's layout comes from its family (`model/families/`), the head from the task
+(`model/tasks.py`); the activation cache, the server's frozen features and the FLOP counter only
+see the hidden states at a boundary.
 """
 
 from __future__ import annotations
@@ -10,67 +14,54 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autofednlp.model.families import family_for
+from autofednlp.model.tasks import Task, make_task
+
 
 class EncoderClassifier(nn.Module):
-    """`encoder` is a BERT-like model (embeddings + encoder.layer list).
+    """`encoder` is a pretrained model of a supported family; `task` is a task name or a
+    `Task` (pooling applies to classification)."""
 
-    Head: with `cls` pooling, BERT's pooler (dense + tanh, from the pretrained weights) then a
-    linear classifier, as in BERT's sequence classifier; with `mean` pooling (what sentence
-    encoders such as MiniLM were trained for) the linear classifier alone, which keeps the
-    exchanged head small (H x C instead of H x H + H x C).
-    """
-
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        pooling: str = "mean",
+        task: str | Task = "classification",
+    ) -> None:
         super().__init__()
-        if not (hasattr(encoder, "embeddings") and hasattr(encoder, "encoder")):
-            raise ValueError(
-                f"{type(encoder).__name__} is not a BERT-like encoder (needs .embeddings and "
-                ".encoder.layer)"
-            )
+        self.family = family_for(encoder)
         self.encoder = encoder
-        hidden = encoder.config.hidden_size
+        self.task = make_task(task, pooling) if isinstance(task, str) else task
         self.pooling = pooling
-        self.head_dense: nn.Linear | None = None
-        if pooling == "cls":
-            self.head_dense = nn.Linear(hidden, hidden)
-            pooler = getattr(encoder, "pooler", None)
-            if pooler is not None:  # pretrained on the [CLS] token: start from it
-                self.head_dense.load_state_dict(pooler.dense.state_dict())
         self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
-        self.classifier = nn.Linear(hidden, num_labels)
+        self.head_dense: nn.Linear | None = None
+        self.classifier: nn.Linear
+        self.task.build_head(self, encoder.config.hidden_size, num_labels, encoder)
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.encoder.encoder.layer
+        return self.family.layers(self.encoder)
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.family.embeddings(self.encoder)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder.embeddings(input_ids=input_ids)
-
-    def extended_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Additive [B, 1, 1, T] mask: 0 where attended, a large negative where padded."""
-        ext = attention_mask[:, None, None, :].to(dtype)
-        return (1.0 - ext) * torch.finfo(dtype).min
+        return self.family.embed(self.encoder, input_ids)
 
     def run_layers(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, end: int
     ) -> torch.Tensor:
-        ext = self.extended_mask(attention_mask, hidden.dtype)
-        for layer in self.layers[start:end]:
-            out = layer(hidden, ext)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
+        return self.family.run_layers(self.encoder, hidden, attention_mask, start, end)
 
     def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.head_dense is not None:
-            pooled = torch.tanh(self.head_dense(hidden[:, 0]))
-        else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
+        """The task's head on the last layer's hidden states: [B, C] or, per token, [B, T, C]."""
+        return self.task.head(self, hidden, attention_mask)
 
     def head_modules(self) -> list[nn.Module]:
         return [m for m in (self.head_dense, self.classifier) if m is not None]
@@ -97,16 +88,16 @@ class EncoderClassifier(nn.Module):
         if boundary == 0 and torch.is_grad_enabled() and self.embeddings_trainable():
             return self.embed(input_ids)
         was_training = self.training
-        self.encoder.embeddings.eval()
+        self.embeddings.eval()
         for layer in self.layers[:boundary]:
             layer.eval()
         with torch.no_grad():
             hidden = self.run_layers(self.embed(input_ids), attention_mask, 0, boundary)
         if was_training:
-            self.encoder.embeddings.train()
+            self.embeddings.train()
             for layer in self.layers[:boundary]:
                 layer.train()
         return hidden
 
     def embeddings_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.encoder.embeddings.parameters())
+        return any(p.requires_grad for p in self.embeddings.parameters())

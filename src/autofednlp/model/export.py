@@ -21,7 +21,8 @@ def export_model(
     - `adapter/`: bottleneck adapters in the `adapters` library's format (`model.load_adapter`),
       or LoRA in PEFT's format (`PeftModel.from_pretrained`), when the kind has adapters;
     - `encoder/`: the whole fine-tuned encoder (`AutoModel.from_pretrained`) for full/freeze;
-    - `head.safetensors` + `head.json`: the classifier (pooling, labels, base model).
+    - `head.safetensors` + `head.json`: the head (for tagging, the token head that classifies
+      every token) and what it needs: task, pooling, labels (tags), base model.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,7 @@ def export_model(
     save_file(head, str(out / "head.safetensors"))
     meta = {
         "base_model": base_model,
+        "task": model.task.name,
         "pooling": model.pooling,
         "labels": label_names,
         "spec": {"kind": spec.kind, "depth": spec.depth, "width": spec.width},
@@ -55,9 +57,9 @@ def _save_peft(model: EncoderClassifier, spec: TuneSpec, path: Path) -> None:
     config = LoraConfig(
         r=spec.width,
         lora_alpha=spec.width,
-        target_modules=["query", "value"],
+        target_modules=list(model.family.lora_targets),
         layers_to_transform=list(range(n - spec.depth, n)),
-        layers_pattern="layer",
+        layers_pattern=model.family.layers_pattern,
         lora_dropout=0.0,
     )
     path.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,12 @@ def load_run_model(run_dir: Path) -> tuple[EncoderClassifier, list[str], str]:
         raise ConfigError(f"{str(run_dir)!r} holds no finished run ({e})") from None
     spec = TuneSpec(**summary["spec"])
     model = build_model(
-        cfg.model.name, len(summary["label_names"]), spec, cfg.seed, cfg.model.pooling
+        cfg.model.name,
+        len(summary["label_names"]),
+        spec,
+        cfg.seed,
+        cfg.model.pooling,
+        cfg.data.task_name,
     )
     load_trainable(model, state)
     return model.eval(), summary["label_names"], resolve_model_path(cfg.model.name)

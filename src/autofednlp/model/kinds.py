@@ -7,36 +7,16 @@ change the model's predictions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
 from autofednlp.model.classifier import EncoderClassifier
+from autofednlp.model.spec import TuneSpec
+
+__all__ = ["ADAPTER_NAME", "TuneKind", "TuneSpec", "get_kind", "kinds", "register"]
 
 ADAPTER_NAME = "autofednlp"
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """What a client trains: `kind` in the top `depth` layers, bottleneck/rank `width`."""
-
-    kind: str
-    depth: int
-    width: int = 0
-
-    def boundary(self, num_layers: int) -> int:
-        """Index of the lowest trained layer: everything below it is frozen (and cacheable)."""
-        if self.kind == "full":
-            return 0
-        return num_layers - min(self.depth, num_layers)
-
-    def label(self) -> str:
-        if self.kind == "full":
-            return "full"
-        if self.kind == "freeze":
-            return f"freeze(d={self.depth})"
-        return f"{self.kind}(d={self.depth},w={self.width})"
 
 
 class TuneKind:
@@ -44,7 +24,6 @@ class TuneKind:
 
     name: ClassVar[str]
     default_learning_rate: ClassVar[float]
-    cost_kind: ClassVar[str]  # the FLOP counter's name for this kind
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
         for p in model.parameters():
@@ -82,7 +61,6 @@ class FullKind(TuneKind):
 
     name = "full"
     default_learning_rate = 1e-4
-    cost_kind = "full"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
         for p in model.parameters():
@@ -94,7 +72,6 @@ class FreezeKind(TuneKind):
 
     name = "freeze"
     default_learning_rate = 5e-4
-    cost_kind = "freeze"
 
     def apply(self, model: EncoderClassifier, spec: TuneSpec) -> None:
         super().apply(model, spec)
@@ -139,7 +116,6 @@ class BottleneckKind(AdapterKind):
     `adapters` library's SeqBnConfig) in the top `depth` layers."""
 
     name = "bottleneck"
-    cost_kind = "bottleneck"
     trainable_fragment = f"adapters.{ADAPTER_NAME}."
     zero_fragments = ("adapter_up",)
 
@@ -161,11 +137,10 @@ class BottleneckKind(AdapterKind):
 
 
 class LoraKind(AdapterKind):
-    """LoRA (peft) of rank `width` on the attention query and value projections of the top
-    `depth` layers."""
+    """LoRA (peft) of rank `width` on the modules the encoder family names (BERT: the attention
+    query and value projections) of the top `depth` layers."""
 
     name = "lora"
-    cost_kind = "lora"
     trainable_fragment = "lora_"
     zero_fragments = ("lora_B",)  # peft's default too: stated, not assumed
 
@@ -175,9 +150,9 @@ class LoraKind(AdapterKind):
         config = LoraConfig(
             r=spec.width,
             lora_alpha=spec.width,
-            target_modules=["query", "value"],
+            target_modules=list(model.family.lora_targets),
             layers_to_transform=list(range(boundary, model.num_layers)),
-            layers_pattern="layer",
+            layers_pattern=model.family.layers_pattern,
             lora_dropout=0.0,
         )
         inject_adapter_in_model(config, model.encoder)

@@ -24,6 +24,11 @@ ROUND_FIELDS = [
     "wall_time_s",
     "val_accuracy",
     "val_loss",
+    # the task's other metrics (#10): classification macro-F1; tagging entity-level scores
+    "val_macro_f1",
+    "val_f1",
+    "val_precision",
+    "val_recall",
     "train_loss",
     "bytes_up",
     "bytes_down",

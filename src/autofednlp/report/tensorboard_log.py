@@ -59,6 +59,10 @@ class TensorBoardLog:
         for tag, key in (
             ("val/accuracy", "val_accuracy"),
             ("val/loss", "val_loss"),
+            ("val/macro_f1", "val_macro_f1"),  # classification
+            ("val/f1", "val_f1"),  # tagging: entity-level
+            ("val/precision", "val_precision"),
+            ("val/recall", "val_recall"),
             ("train/loss", "train_loss"),
         ):
             if row.get(key) is not None:

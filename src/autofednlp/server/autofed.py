@@ -86,8 +86,8 @@ class AutoFedRun(FederatedRun):
                     g.state, g.rounds = res.state, g.rounds + 1
                     g.time_s += res.cost.duration_s
                     spent.append(res.cost)
-                    acc, loss = self.evaluate("validation", g.spec, g.state)
-                    g.accuracies.append(acc)
+                    metrics = self.evaluate_metrics("validation", g.spec, g.state)
+                    g.accuracies.append(metrics[self.metric])  # the target metric
                     g.times_s.append(g.time_s)
                     g.states.append(g.state)
                     row = self.round_row(server_round, g.spec, res)
@@ -95,9 +95,8 @@ class AutoFedRun(FederatedRun):
                         trial=trial,
                         group=g.name,
                         served=g.name == "keep",  # the current configuration, as it trains
-                        val_accuracy=acc,
-                        val_loss=loss,
                         sim_time_s=trial_start + g.time_s,
+                        **self.metric_columns(metrics),
                     )
                     self.record(row)
                     reached = reached or self.time_to_target() is not None

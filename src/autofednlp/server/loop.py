@@ -31,7 +31,6 @@ from autofednlp.model.build import (
     resolve_model_path,
     state_bytes,
     trainable_state,
-    trained_part,
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
@@ -86,19 +85,25 @@ class Transport(Protocol):
         """Run the tasks on their clients; return the replies that came and what failed."""
 
 
+METRIC_LABELS = {"accuracy": "acc", "macro_f1": "macro-F1", "f1": "F1"}
+
+
 class ProgressPrinter:
     """Per-round progress: `lines` (human, on stderr, with a wall-clock ETA), `json` (one JSON
     object per round on stdout, for scripts) or `quiet`."""
 
-    def __init__(self, total_rounds: int, mode: str | bool = "lines") -> None:
+    def __init__(
+        self, total_rounds: int, mode: str | bool = "lines", metric: str = "accuracy"
+    ) -> None:
         self.total = total_rounds
         self.mode = {True: "lines", False: "quiet"}.get(mode, mode)
         self.bytes = 0
         self.best: float | None = None
+        self.metric = metric  # the run's target metric: its val_<metric> column is shown
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.bytes += row["bytes_up"] + row["bytes_down"]
-        acc = row.get("val_accuracy")
+        acc = row.get(f"val_{self.metric}")
         if acc is not None:
             self.best = acc if self.best is None else max(self.best, acc)
         if self.mode == "json":
@@ -112,7 +117,8 @@ class ProgressPrinter:
         eta = wall / row["round"] * (self.total - row["round"])
         print(
             f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
-            f"sim {human_duration(row['sim_time_s']):>8} | val acc {acc_s} (best {best_s}) | "
+            f"sim {human_duration(row['sim_time_s']):>8} | val {METRIC_LABELS[self.metric]} "
+            f"{acc_s} (best {best_s}) | "
             f"traffic {self.bytes / 1e6:8.2f} MB | wall {wall:6.1f} s | eta {eta:5.0f} s",
             file=sys.stderr,
             flush=True,
@@ -159,10 +165,13 @@ class FederatedRun:
         self._models: dict[TuneSpec, EncoderClassifier] = {}
         self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
-        self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
+        self.shape = model_shape(
+            cfg.model.name, data.num_labels, cfg.model.pooling, cfg.data.task_name
+        )
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
-        self.progress = ProgressPrinter(cfg.federation.rounds, progress)
+        self.metric = cfg.target_metric  # what "reached" and the trials' winner go by
+        self.progress = ProgressPrinter(cfg.federation.rounds, progress, self.metric)
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()
         self.next_round = 1
@@ -205,7 +214,12 @@ class FederatedRun:
         if spec not in self._models:
             cfg = self.cfg
             self._models[spec] = build_model(
-                cfg.model.name, self.data.num_labels, spec, cfg.seed, cfg.model.pooling
+                cfg.model.name,
+                self.data.num_labels,
+                spec,
+                cfg.seed,
+                cfg.model.pooling,
+                cfg.data.task_name,
             )
             self._init_states[spec] = trainable_state(self._models[spec])
         return self._models[spec]
@@ -223,8 +237,18 @@ class FederatedRun:
     def evaluate(
         self, split: str, spec: TuneSpec | None = None, state: dict | None = None
     ) -> tuple[float, float]:
+        """(target metric, loss) on `split`: the number the run goes by (accuracy, or entity
+        F1 for tagging by default)."""
+        metrics = self.evaluate_metrics(split, spec, state)
+        return metrics[self.metric], metrics["loss"]
+
+    def evaluate_metrics(
+        self, split: str, spec: TuneSpec | None = None, state: dict | None = None
+    ) -> dict[str, float]:
+        """The task's metrics on `split` (classification: accuracy, macro_f1; tagging: f1,
+        precision, recall, accuracy) and the loss, by name."""
         res = self.evaluate_result(split, spec, state)
-        return res.accuracy, res.loss
+        return {**res.metrics, "loss": res.loss}
 
     def evaluate_result(
         self,
@@ -233,6 +257,7 @@ class FederatedRun:
         state: dict | None = None,
         per_sample: bool = False,
     ) -> EvalResult:
+        """The evaluation itself; `per_sample` adds each sample's loss (paired comparisons)."""
         spec = spec or self.spec
         model = self.model_for(spec)
         load_trainable(model, self.state if state is None else state)
@@ -248,11 +273,17 @@ class FederatedRun:
             model,
             data,
             self.shape,
-            trained_part(spec),
+            spec,
             boundary=boundary,
             features=features,
+            label_names=list(self.data.label_names),
             per_sample=per_sample,
         )
+
+    @staticmethod
+    def metric_columns(metrics: dict[str, float] | None, prefix: str = "val") -> dict[str, Any]:
+        """`evaluate_metrics`' result as row columns (val_accuracy, val_f1, val_loss, ...)."""
+        return {f"{prefix}_{k}": v for k, v in (metrics or {}).items()}
 
     def train_groups(
         self, server_round: int, groups: list[tuple[TuneSpec, dict, list[int]]]
@@ -331,8 +362,11 @@ class FederatedRun:
         }
 
     def time_to_target(self) -> dict[str, Any] | None:
+        """When the served model's target metric reached the target and held it."""
         fed = self.cfg.federation
-        return time_to_target(self.recorder.rows, fed.target_accuracy, hold=fed.target_hold)
+        return time_to_target(
+            self.recorder.rows, fed.target_accuracy, f"val_{self.metric}", fed.target_hold
+        )
 
     def record(self, row: dict[str, Any]) -> None:
         row["wall_time_s"] = time.monotonic() - self._t0
@@ -350,7 +384,7 @@ class FederatedRun:
             row["served"] = True
             row["val_accuracy"], row["val_loss"] = (None, None)
             if r % fed.eval_every == 0 or r == fed.rounds:
-                row["val_accuracy"], row["val_loss"] = self.evaluate("validation")
+                row.update(self.metric_columns(self.evaluate_metrics("validation")))
             row["sim_time_s"] = self.clock.time_s
             self.record(row)
             if self.due(r):
@@ -360,20 +394,30 @@ class FederatedRun:
         return self.finish()
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        test_acc, test_loss = self.evaluate("test")
+        test = self.evaluate_metrics("test")
+        final = self.evaluate_metrics("validation")
         rows = self.recorder.rows
-        accs = [r["val_accuracy"] for r in rows if r["val_accuracy"] is not None]
+        target = self.cfg.federation.target_accuracy
+        best = {
+            f"best_val_{m}": max(
+                (r[f"val_{m}"] for r in rows if r.get(f"val_{m}") is not None), default=None
+            )
+            for m in dict.fromkeys(("accuracy", self.metric))
+        }
         summary = {
             "name": self.cfg.name,
+            "task": self.data.task,
             "config": self.spec.label(),
             "rounds": len({r["round"] for r in rows}),
-            "target_accuracy": self.cfg.federation.target_accuracy,
+            "target_metric": self.metric,
+            "target_accuracy": target,  # the target value of target_metric (the key is old)
             "time_to_accuracy": self.time_to_target(),
             "target_hold": self.cfg.federation.target_hold,
-            "best_val_accuracy": max(accs) if accs else None,
-            "final_val_accuracy": self.evaluate("validation")[0],
-            "test_accuracy": test_acc,
-            "test_loss": test_loss,
+            **best,
+            "final_val_accuracy": final.get("accuracy"),
+            f"final_val_{self.metric}": final[self.metric],
+            **{f"test_{k}": v for k, v in test.items()},
+            "lost_words": dict(self.data.lost_words),
             "sim_time_s": self.clock.time_s,
             "bytes_up": self.clock.bytes_up,
             "bytes_down": self.clock.bytes_down,

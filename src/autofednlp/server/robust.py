@@ -6,8 +6,8 @@ skew a group of a few clients swings from round to round, so decisions and start
 picked on noise, and two thirds of the clients' work is thrown away. Here:
 
 - The current configuration trains with every sampled client, like a fixed configuration,
-  until its served accuracy stalls (`StallDetector`) or `trial_every` rounds have passed;
-  then a trial starts.
+  until its served target metric (accuracy; entity F1 for tagging) stalls (`StallDetector`)
+  or `trial_every` rounds have passed; then a trial starts.
 - In a trial each sampled client trains one candidate (keep, deeper, wider), all grown from the
   current weights. The current configuration's tensors are the leading slice of every
   candidate's, and that shared trunk is averaged over every group's clients each round
@@ -17,8 +17,8 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
   candidate replaces the current configuration only if it is better by more than
   `confidence_z` standard errors plus what `keep` would have gained in the extra simulated
   time the candidate costs per example (`time_margin`: the goal is reaching a target sooner,
-  not learning more per round), and no worse in accuracy (`pick_paired`). It continues from
-  its final weights, not from a lucky round's.
+  not learning more per round), and no worse on the target metric (`pick_paired`). It
+  continues from its final weights, not from a lucky round's.
 """
 
 from __future__ import annotations
@@ -95,10 +95,10 @@ class RobustAutoFedRun(AutoFedRun):
         self.state = res.state
         self.clock.advance(res.cost)
         row = self.round_row(server_round, self.spec, res)
-        acc, loss = self.evaluate("validation")
-        row.update(served=True, val_accuracy=acc, val_loss=loss, sim_time_s=self.clock.time_s)
+        metrics = self.evaluate_metrics("validation")
+        row.update(served=True, sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
         self.record(row)
-        return acc
+        return metrics[self.metric]
 
     def _trial(
         self, trial: int, candidates: list, server_round: int, stall: StallDetector
@@ -131,16 +131,16 @@ class RobustAutoFedRun(AutoFedRun):
             self._advance([r.cost for r in results], max(r.cost.duration_s for r in results))
             for g, res in zip(groups, results):
                 ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
-                g.accuracies.append(ev.accuracy)
+                metrics = {**ev.metrics, "loss": ev.loss}
+                g.accuracies.append(metrics[self.metric])  # the run's target metric
                 losses[g.name].append(ev.sample_losses)
                 row = self.round_row(server_round, g.spec, res)
                 row.update(
                     trial=trial,
                     group=g.name,
                     served=g is keep,
-                    val_accuracy=ev.accuracy,
-                    val_loss=ev.loss,
                     sim_time_s=self.clock.time_s,
+                    **self.metric_columns(metrics),
                 )
                 self.record(row)
             stall.observe(keep.accuracies[-1])
