@@ -315,9 +315,24 @@ def test_a_device_tags_its_own_file_with_the_server_tag_set(tiny_model_dir, tmp_
         ["tune.kind=full"],
         ["tune.kind=freeze", "tune.depth=1"],
         ["tune.kind=bottleneck"],
-        ["strategy.name=autofed", "tune.depth=0", "tune.width=8", "strategy.max_width=16"],
+        [
+            "strategy.name=autofed",
+            'strategy.trials="published"',
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+        ],
+        [  # robust trials: every reading a stall, so a one-round trial follows round 1
+            "strategy.name=autofed",
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+            "strategy.patience=1",
+            "strategy.min_delta=1.0",
+            "strategy.trial_rounds=1",
+        ],
     ],
-    ids=["full", "freeze", "bottleneck", "autofed"],
+    ids=["full", "freeze", "bottleneck", "autofed-published", "autofed-robust"],
 )
 def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra):
     from small_run import small_config
@@ -332,11 +347,20 @@ def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra
     rows = [json.loads(line) for line in open(summary["run_dir"] + "/rounds.jsonl")]
     assert rows and all(r["val_f1"] is not None and r["val_recall"] is not None for r in rows)
     assert summary["target_metric"] == "f1" and 0 <= summary["test_f1"] <= 1
-    if "strategy.name=autofed" in extra:
+    if 'strategy.trials="published"' in extra:
         # the trials judge the groups by the target metric: the winner's entry is its val F1
         first = [r for r in rows if r["trial"] == 1]
         best = max(r["val_f1"] for r in first)
         assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(best)
+    elif "strategy.name=autofed" in extra:
+        # robust: the trial's entry is its winner's F1, and only keep's readings are served
+        (trial,) = [
+            r
+            for r in rows
+            if r.get("trial") == 1 and r["group"] == summary["trajectory"][0]["winner"]
+        ]
+        assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(trial["val_f1"])
+        assert [r["group"] for r in rows if r.get("trial") == 1 and r["served"]] == ["keep"]
 
 
 def test_target_metric_follows_the_task_and_is_checked():
