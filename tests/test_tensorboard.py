@@ -58,6 +58,7 @@ def test_autofed_groups_and_winners_after_a_resume(tiny_model_dir, tmp_path, mon
         "federation.rounds=5",
         "federation.checkpoint_every=1",
         "strategy.name=autofed",
+        'strategy.trials="published"',  # every round is part of a trial
         "strategy.trial_rounds=1",
         "strategy.max_group_rounds=2",
         "strategy.max_width=16",
