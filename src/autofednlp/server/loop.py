@@ -42,6 +42,7 @@ from autofednlp.report.results import (
     save_checkpoint,
     time_to_accuracy,
 )
+from autofednlp.runtime import oom_guard, runtime_for
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 
 log = logging.getLogger("autofednlp")
@@ -155,6 +156,7 @@ class FederatedRun:
         self.recorder = RunRecorder(run_dir, cfg, resume["rows"] if resume else ())
         self.run_id = run_id_for(run_dir)
         self.spec = TuneSpec(cfg.tune.kind, cfg.tune.depth, cfg.tune.width)
+        self.runtime = runtime_for(cfg)
         self._models: dict[TuneSpec, EncoderClassifier] = {}
         self.state = self.initial_state(self.spec)
         self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
@@ -202,9 +204,10 @@ class FederatedRun:
     def model_for(self, spec: TuneSpec) -> EncoderClassifier:
         if spec not in self._models:
             cfg = self.cfg
-            self._models[spec] = build_model(
+            model = build_model(
                 cfg.model.name, self.data.num_labels, spec, cfg.seed, cfg.model.pooling
             )
+            self._models[spec] = model.to(self.runtime.device)
         return self._models[spec]
 
     def initial_state(self, spec: TuneSpec) -> dict[str, torch.Tensor]:
@@ -222,15 +225,22 @@ class FederatedRun:
         load_trainable(model, self.state if state is None else state)
         data = getattr(self.data, split)
         boundary = spec.boundary(model.num_layers)
-        features = None
-        if not model.embeddings_trainable():  # else the "frozen" part changes each round
-            key = (split, boundary)
-            if key not in self._features:
-                self._features[key] = frozen_features(model, data, boundary)
-            features = self._features[key]
-        res = evaluate(
-            model, data, self.shape, trained_part(spec), boundary=boundary, features=features
-        )
+        features, rt = None, self.runtime
+        with oom_guard(self.cfg, rt.device, f"evaluating on the {split} split"):
+            if not model.embeddings_trainable():  # else the "frozen" part changes each round
+                key = (split, boundary)
+                if key not in self._features:
+                    self._features[key] = frozen_features(model, data, boundary, runtime=rt)
+                features = self._features[key]
+            res = evaluate(
+                model,
+                data,
+                self.shape,
+                trained_part(spec),
+                boundary=boundary,
+                features=features,
+                runtime=rt,
+            )
         return res.accuracy, res.loss
 
     def train_groups(
@@ -359,7 +369,9 @@ class FederatedRun:
             **(extra or {}),
         }
         torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")
-        model = self.model_for(self.spec)
+        # exported from the CPU, so that the files load on any machine
+        model = self.model_for(self.spec).to("cpu")
+        del self._models[self.spec]  # no longer on the runtime's device
         load_trainable(model, self.state)
         export_model(
             model,
