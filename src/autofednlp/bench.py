@@ -12,11 +12,13 @@ to the full fine-tuning step. On a GPU each step is timed to its end (synchroniz
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="minilm",
         help="encoder: minilm (packaged) or a local model directory (default: %(default)s)",
     )
+    p.add_argument("--json", help="also write the medians (ms/step) to this file")
     p.add_argument(
         "--depths",
         default="1,2,4,6",
@@ -122,15 +125,25 @@ def run(args: argparse.Namespace) -> int:
     where = runtime.describe() if runtime.is_cuda else f"{torch.get_num_threads()} threads"
     if not runtime.is_cuda and runtime.precision != "fp32":
         where += f", {runtime.precision}"
-    name = "MiniLM-L6" if args.model == "minilm" else args.model
+    name_of_model = "MiniLM-L6" if args.model == "minilm" else args.model
     print(
-        f"{name}, batch {args.batch} x {ids.shape[1]} tokens, width {args.width}, "
+        f"{name_of_model}, batch {args.batch} x {ids.shape[1]} tokens, width {args.width}, "
         f"{where}, median of {args.repeats} round-robin steps"
     )
     print(f"{'variant':<24} {'ms/step':>9} {'speed-up vs full':>17}")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:<24} {med * 1000:>9.1f} {full / med:>16.2f}x")
+    if args.json:
+        medians = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+        record = {
+            "model": name_of_model,
+            "batch": args.batch,
+            "tokens": int(ids.shape[1]),
+            "runtime": runtime.describe(),
+            "ms_per_step": medians,
+        }
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
