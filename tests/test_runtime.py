@@ -45,6 +45,19 @@ def test_a_gpu_index_beyond_the_machine_is_a_config_error(monkeypatch):
         rt.resolve_device("cuda:1")
 
 
+def test_simulated_clients_get_a_gpu_share_only_when_the_run_uses_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    rt._runtime.cache_clear()
+    try:
+        assert rt.client_gpu_share(load_config()) == 0.25  # auto finds the GPU
+        assert rt.client_gpu_share(load_config(None, ["runtime.device=cpu"])) == 0.0
+        with pytest.raises(ConfigError, match="has 1 GPU"):
+            rt.client_gpu_share(load_config(None, ["runtime.gpus_per_client=2"]))
+    finally:
+        rt._runtime.cache_clear()
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
