@@ -85,7 +85,8 @@ def _model_for(
         if len(_MODELS) >= 4:
             _MODELS.pop(next(iter(_MODELS)))
         model = build_model(cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling)
-        _MODELS[key] = model.to(runtime.device)
+        with oom_guard(cfg, runtime.device, f"loading {cfg.model.name}"):
+            _MODELS[key] = model.to(runtime.device)
     return _MODELS[key]
 
 
