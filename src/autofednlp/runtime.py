@@ -4,8 +4,9 @@ Not to be confused with the simulated clients' devices (`cost.devices`: Jetson, 
 which only set the simulated clock. The cost model counts FLOPs, so the device and precision
 chosen here change wall time (and float rounding), never simulated time, traffic or energy.
 
-Model building, local training, evaluation, the activation cache and the server's frozen
-features take a `Runtime` from `runtime_for(cfg)`; nothing else calls `.cuda()`.
+Clients' models, local training, evaluation and the server's frozen features take a `Runtime`
+from `runtime_for(cfg)`; nothing else calls `.cuda()`. The activation cache stays in CPU memory
+and on disk and hands back batches on the device of the batch it is given.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def resolve_device(name: str, field: str = "runtime.device") -> torch.device:
         raise ConfigError(f"{field} = {name!r}: no CUDA here ({why}); use auto or cpu")
     count = torch.cuda.device_count()
     if index_text is not None and int(index_text) >= count:
-        raise ConfigError(f"{field} = {name!r}: this machine has {count} GPU(s), cuda:0..")
+        last = f"cuda:{count - 1}"
+        raise ConfigError(f"{field} = {name!r}: this machine has {count} GPU(s), cuda:0..{last}")
     return torch.device(name)
 
 
