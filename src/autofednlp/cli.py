@@ -130,8 +130,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from autofednlp.cost.measure import measure_profile
+    from autofednlp.runtime import Runtime, resolve_device
 
-    profile = measure_profile(args.name, args.model, args.batch, args.seq_len, args.steps)
+    runtime = Runtime(resolve_device(args.device, "--device"), args.precision)
+    profile = measure_profile(args.name, args.model, args.batch, args.seq_len, args.steps, runtime)
     print(f"{profile.name}: {profile.flops_per_s / 1e9:.1f} GFLOP/s ({profile.source})")
     if args.save:
         profile.save(args.save)
@@ -233,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
     profile.add_argument("--seq-len", type=int, default=128, help="tokens (default: %(default)s)")
     profile.add_argument("--steps", type=int, default=5, help="timed steps (default: %(default)s)")
+    profile.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)"
+    )
+    profile.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32, or bf16/fp16 autocast (default: %(default)s)",
+    )
     profile.add_argument("--save", help="write the profile to this .json file")
     profile.set_defaults(func=cmd_profile)
     bench = sub.add_parser(

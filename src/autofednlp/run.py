@@ -18,7 +18,9 @@ def preflight(cfg: ExperimentConfig) -> None:
     from autofednlp.client.worker import client_data
     from autofednlp.cost.devices import get_profile
     from autofednlp.model.build import model_num_layers
+    from autofednlp.runtime import runtime_for
 
+    runtime_for(cfg)  # "cuda" on a machine without it: one line now, not in every client
     for device in cfg.cost.devices:
         get_profile(device)
     layers = model_num_layers(cfg.model.name)
@@ -102,13 +104,19 @@ def _run_simulation(
     from flwr.simulation import run_simulation
 
     from autofednlp.client.app import app as client_app
+    from autofednlp.runtime import client_gpu_share, visible_gpus
     from autofednlp.server.app import make_server_app
 
     _quiet_flower()
+    share, gpus = client_gpu_share(cfg), visible_gpus()
     backend_config = {
-        "client_resources": {"num_cpus": cfg.federation.num_cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {
+            "num_cpus": cfg.federation.num_cpus_per_client,
+            "num_gpus": share,
+        },
         "init_args": {
             "num_cpus": os.cpu_count() or 1,
+            "num_gpus": gpus,
             "include_dashboard": False,
             "logging_level": "error",
             "log_to_driver": True,

@@ -19,6 +19,7 @@ from autofednlp.data.federated import TokenizedSplit
 from autofednlp.data.tokenize import trim_batch
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.spec import TuneSpec
+from autofednlp.runtime import CPU, Runtime, backward_and_step
 
 
 @dataclass(frozen=True)
@@ -48,41 +49,45 @@ def local_train(
     seed: int,
     cache: ActivationCache | None = None,
     sample_ids: torch.Tensor | None = None,
+    runtime: Runtime = CPU,
 ) -> LocalResult:
     """Train `model` in place for `cfg.local_epochs` over `data`; count the FLOPs executed.
 
     `seed` fixes the sample order and dropout, so a client's update does not depend on which
     process happens to run it. With a `cache` (and each sample's stable id in `sample_ids`),
     the frozen layers run only for samples the cache does not hold yet; the FLOP count charges
-    those fills and, for every step, only the layers that actually ran.
+    those fills and, for every step, only the layers that actually ran. `model` must be on
+    `runtime.device`; each batch is moved there.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg, lr)
+    scaler = runtime.grad_scaler()
     model.train()
     n = len(data)
-    total_loss, steps, flops = 0.0, 0, 0.0
+    losses, steps, flops = [], 0, 0.0
     for _ in range(cfg.local_epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             ids, mask = trim_batch(data.input_ids[idx], data.attention_mask[idx])
-            if cache is not None:
-                hidden, misses = cache.hidden_for(model, boundary, sample_ids[idx], ids, mask)
-                logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
-                flops += fill_cache_flops(shape, spec, misses, ids.shape[1])
-            else:
-                logits = model(ids, mask, boundary=boundary)
-            loss = model.task.loss(logits, batch_labels(data.labels[idx], ids.shape[1]))
+            labels = batch_labels(data.labels[idx], ids.shape[1])
+            ids, mask, labels = runtime.to_device(ids, mask, labels)
+            with runtime.autocast():
+                if cache is not None:
+                    hidden, misses = cache.hidden_for(model, boundary, sample_ids[idx], ids, mask)
+                    logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
+                    flops += fill_cache_flops(shape, spec, misses, ids.shape[1])
+                else:
+                    logits = model(ids, mask, boundary=boundary)
+            loss = model.task.loss(logits.float(), labels)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            total_loss += loss.item()
+            backward_and_step(loss, opt, params, cfg.max_grad_norm, scaler)
+            losses.append(loss.detach())  # read once at the end: no GPU sync per step
             steps += 1
             flops += train_step_flops(shape, spec, len(idx), ids.shape[1], cached=cache is not None)
+    total_loss = sum(torch.stack(losses).tolist()) if losses else 0.0
     return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
 
 
@@ -116,6 +121,7 @@ def evaluate(
     features: list[torch.Tensor] | None = None,
     label_names: list[str] | None = None,
     per_sample: bool = False,
+    runtime: Runtime = CPU,
 ) -> EvalResult:
     """Loss and the task's metrics of `model` on `data` (dropout off).
 
@@ -131,13 +137,15 @@ def evaluate(
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
         hidden = features[i] if features is not None else None
-        logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden)
         labels = batch_labels(data.labels[sl], ids.shape[1])
+        ids, mask, labels = runtime.to_device(ids, mask, labels)
+        with runtime.autocast():
+            logits = model(ids, mask, boundary=boundary, boundary_hidden=hidden).float()
         loss, n = task.loss_sum(logits, labels)
         total_loss, counted = total_loss + loss, counted + n
         outcomes += task.outcomes(logits, labels)
         if per_sample:
-            losses.append(task.sample_losses(logits, labels))
+            losses.append(task.sample_losses(logits, labels).cpu())
         flops += eval_flops(shape, spec, len(labels), ids.shape[1])
     names = list(label_names or [str(i) for i in range(model.classifier.out_features)])
     metrics = task.metrics(outcomes, names) if outcomes else {}
@@ -153,13 +161,19 @@ def evaluate(
 
 @torch.no_grad()
 def frozen_features(
-    model: EncoderClassifier, data: TokenizedSplit, boundary: int, batch_size: int = 64
+    model: EncoderClassifier,
+    data: TokenizedSplit,
+    boundary: int,
+    batch_size: int = 64,
+    runtime: Runtime = CPU,
 ) -> list[torch.Tensor]:
     """Per batch of `evaluate`, the hidden states entering layer `boundary`: a split's frozen
-    part is the same every round, so the server computes it once."""
+    part is the same every round, so the server computes it once (kept on `runtime.device`)."""
     out = []
     for start in range(0, len(data), batch_size):
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
-        out.append(model.frozen_forward(ids, mask, boundary))
+        ids, mask = runtime.to_device(ids, mask)
+        with runtime.autocast():
+            out.append(model.frozen_forward(ids, mask, boundary))
     return out

@@ -33,6 +33,7 @@ from autofednlp.model.build import (
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.runtime import Runtime, oom_guard, runtime_for
 
 _MODELS: dict[tuple, EncoderClassifier] = {}
 
@@ -73,17 +74,19 @@ def local_data(
     return LocalData(data.client(partition_id), ids, data.num_labels, "partition")
 
 
-def _model_for(cfg: ExperimentConfig, num_labels: int, spec: TuneSpec) -> EncoderClassifier:
+def _model_for(
+    cfg: ExperimentConfig, num_labels: int, spec: TuneSpec, runtime: Runtime
+) -> EncoderClassifier:
     # Frozen weights never change and trainable ones are overwritten on every call, so one
-    # model per spec can serve every round in this process.
+    # model per spec can serve every round in this process (on a GPU, it stays there).
     task = cfg.data.task_name
-    key = (cfg.model.name, cfg.model.pooling, task, num_labels, spec)
+    key = (cfg.model.name, cfg.model.pooling, task, num_labels, spec, str(runtime.device))
     if key not in _MODELS:
         if len(_MODELS) >= 4:
             _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = build_model(
-            cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling, task
-        )
+        model = build_model(cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling, task)
+        with oom_guard(cfg, runtime.device, f"loading {cfg.model.name}"):
+            _MODELS[key] = model.to(runtime.device)
     return _MODELS[key]
 
 
@@ -111,6 +114,8 @@ def activation_cache(
     # the cached states are below the head: the task and pooling do not change them, but a
     # run never mixes tasks, so keeping them in the key costs nothing and is safe
     model_key = f"{resolve_model_path(cfg.model.name)}/{cfg.model.pooling}/{cfg.data.task_name}"
+    if cfg.runtime.precision != "fp32":  # autocast changes the frozen layers' output
+        model_key += f"/{cfg.runtime.precision}"
     namespace = f"{run_id}/{model_key}/{partition_id}/{scope}"
     return ActivationCache(
         namespace,
@@ -133,29 +138,33 @@ def train_round(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int | str]]:
     """Train the received trainable tensors on this client's data for one round.
 
-    Returns the updated tensors and metrics: examples, loss, FLOPs executed and the simulated
-    compute seconds on this client's device. `run_id` scopes the activation cache to one run;
-    `data_file` (with the server's `label_names`) is a device's own data, else the client
-    trains on partition `partition_id` of the experiment's dataset.
+    Returns the updated tensors (on the CPU) and metrics: examples, loss, FLOPs executed and
+    the simulated compute seconds on this client's device: counted from the FLOPs, so the same
+    whatever hardware (`cfg.runtime`) ran the training. `run_id` scopes the activation cache
+    to one run; `data_file` (with the server's `label_names`) is a device's own data, else the
+    client trains on partition `partition_id` of the experiment's dataset.
     """
     local = local_data(cfg, partition_id, data_file, label_names)
-    model = _model_for(cfg, local.num_labels, spec)
+    runtime = runtime_for(cfg)
+    model = _model_for(cfg, local.num_labels, spec, runtime)
     load_trainable(model, state)
     cache = activation_cache(cfg, run_id or "default", partition_id, model, local.scope)
     shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling, cfg.data.task_name)
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
-    result = local_train(
-        model,
-        local.samples,
-        cfg.client,
-        learning_rate(spec, cfg.client.learning_rate),
-        spec.boundary(model.num_layers),
-        shape,
-        spec,
-        seed,
-        cache=cache,
-        sample_ids=local.sample_ids,
-    )
+    with oom_guard(cfg, runtime.device, f"training client {partition_id}"):
+        result = local_train(
+            model,
+            local.samples,
+            cfg.client,
+            learning_rate(spec, cfg.client.learning_rate),
+            spec.boundary(model.num_layers),
+            shape,
+            spec,
+            seed,
+            cache=cache,
+            sample_ids=local.sample_ids,
+            runtime=runtime,
+        )
     device = device or client_device(cfg, partition_id)
     profile = get_profile(device)
     metrics = {

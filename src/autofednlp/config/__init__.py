@@ -22,6 +22,7 @@ from autofednlp.config.sections import (
     ExperimentConfig,
     FederationConfig,
     ModelConfig,
+    RuntimeConfig,
     StrategyConfig,
     TuneConfig,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ExperimentConfig",
     "FederationConfig",
     "ModelConfig",
+    "RuntimeConfig",
     "StrategyConfig",
     "TuneConfig",
     "apply_overrides",

@@ -60,6 +60,7 @@ TASK_METRICS = {
     "classification": ("accuracy", "macro_f1"),
     "tagging": ("f1", "precision", "recall", "accuracy"),
 }
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,35 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """The hardware that runs the simulation (not the simulated devices: see [cost]); it
+    changes wall time only, never simulated time, traffic or energy."""
+
+    device: str = _f(
+        "auto",
+        "torch device for training and evaluation: auto (CUDA if this machine has it, else "
+        "CPU; on a deployment, each SuperNode's own), cpu, cuda or cuda:N",
+    )
+    precision: str = _f(
+        "fp32",
+        "fp32 (exact, as without a GPU), or bf16 / fp16 autocast for the forward passes of "
+        "training and evaluation (faster on GPUs; weights stay fp32; fp16 uses loss scaling)",
+    )
+    gpus_per_client: float = _f(
+        0.25,
+        "share of a GPU one client actor of Flower's simulation engine takes when CUDA is "
+        "used (0.25: four actors per GPU); lower it to run more clients at once",
+    )
+
+    def __post_init__(self) -> None:
+        d = self.device.strip().lower()
+        ok = d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())
+        _check(ok, "runtime.device", self.device, "must be auto, cpu, cuda or cuda:N")
+        _check_choice("runtime.precision", self.precision, PRECISIONS)
+        _check_min(self, "runtime", 0, "gpus_per_client", strict=True)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _f("default", "experiment name, used for the run directory")
     seed: int = _f(0, "fixes partitions, client sampling, device assignment and initialisation")
@@ -367,6 +397,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @property
     def target_metric(self) -> str:

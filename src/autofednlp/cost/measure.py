@@ -12,6 +12,7 @@ import torch
 
 from autofednlp.cost.devices import DeviceProfile
 from autofednlp.cost.flops import train_step_flops
+from autofednlp.runtime import CPU, Runtime, backward_and_step, oom_guard
 
 
 def measure_profile(
@@ -20,35 +21,52 @@ def measure_profile(
     batch: int = 4,
     seq_len: int = 128,
     steps: int = 5,
+    runtime: Runtime = CPU,
 ) -> DeviceProfile:
     """Time full fine-tuning steps (forward + backward + optimizer) of `model_name` at
-    `batch` x `seq_len` and divide the FLOPs our counter gives by the median step time."""
+    `batch` x `seq_len` on `runtime` and divide the FLOPs our counter gives by the median step
+    time. On a GPU this is the profile a cross-silo client with that GPU can report."""
     from autofednlp.model.build import build_model, model_shape
     from autofednlp.model.kinds import TuneSpec
 
     spec = TuneSpec("full", 0)
-    model = build_model(model_name, 2, spec, seed=0)
+    model = build_model(model_name, 2, spec, seed=0).to(runtime.device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(1000, 5000, (batch, seq_len))
-    mask = torch.ones_like(ids)
-    labels = torch.zeros(batch, dtype=torch.long)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    scaler = runtime.grad_scaler()
+    ids, mask, labels = runtime.to_device(
+        torch.randint(1000, 5000, (batch, seq_len)),
+        torch.ones(batch, seq_len, dtype=torch.long),
+        torch.zeros(batch, dtype=torch.long),
+    )
     times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i > 0:  # the first step pays for allocation and kernel selection
-            times.append(time.perf_counter() - t0)
+    with oom_guard(None, runtime.device, f"timing {model_name} at batch {batch}"):
+        for i in range(steps + 1):
+            runtime.synchronize()
+            t0 = time.perf_counter()
+            with runtime.autocast():
+                logits = model(ids, mask)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            opt.zero_grad()
+            backward_and_step(loss, opt, params, 0.0, scaler)
+            runtime.synchronize()
+            if i > 0:  # the first step pays for allocation and kernel selection
+                times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]
     flops = train_step_flops(model_shape(model_name, 2), spec, batch, seq_len)
+    where = (
+        runtime.describe()
+        if runtime.is_cuda
+        else f"{platform.node()} ({torch.get_num_threads()} threads)"
+    )
+    if runtime.precision != "fp32" and not runtime.is_cuda:
+        where += f", {runtime.precision}"
     return DeviceProfile(
         name,
         flops / step_s,
         f"measured: {model_name} full fine-tuning, batch {batch}, len {seq_len}: "
-        f"{step_s:.3f} s/step on {platform.node()} ({torch.get_num_threads()} threads)",
+        f"{step_s:.3f} s/step on {where}",
     )
 
 

@@ -104,8 +104,11 @@ def build_from_encoder(
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that are trained, and so exchanged, detached copies in a stable order."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The tensors that are trained, and so exchanged: detached CPU copies in a stable order
+    (the model may be on a GPU; messages, FedAvg and checkpoints work on the CPU)."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

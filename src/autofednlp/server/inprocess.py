@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from autofednlp.client.worker import train_round
 from autofednlp.config import ExperimentConfig
+from autofednlp.runtime import OutOfDeviceMemory
 from autofednlp.server.loop import Delivery, TrainReply, TrainTask
 
 
@@ -25,6 +26,8 @@ class InProcessTransport:
                 state, metrics = train_round(
                     self.cfg, t.partition_id, t.spec, t.state, t.server_round, run_id=t.run_id
                 )
+            except OutOfDeviceMemory:  # this machine's GPU, not the client: every client fails
+                raise
             except Exception as e:  # a failing client must not end the run
                 out.failed[t.partition_id] = f"{type(e).__name__}: {e}"
                 continue

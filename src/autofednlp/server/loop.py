@@ -41,6 +41,7 @@ from autofednlp.report.results import (
     save_checkpoint,
     time_to_target,
 )
+from autofednlp.runtime import oom_guard, runtime_for
 from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
 
 log = logging.getLogger("autofednlp")
@@ -162,6 +163,7 @@ class FederatedRun:
         self.recorder = RunRecorder(run_dir, cfg, resume["rows"] if resume else ())
         self.run_id = run_id_for(run_dir)
         self.spec = TuneSpec(cfg.tune.kind, cfg.tune.depth, cfg.tune.width)
+        self.runtime = runtime_for(cfg)
         self._models: dict[TuneSpec, EncoderClassifier] = {}
         self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
@@ -213,7 +215,7 @@ class FederatedRun:
     def model_for(self, spec: TuneSpec) -> EncoderClassifier:
         if spec not in self._models:
             cfg = self.cfg
-            self._models[spec] = build_model(
+            model = build_model(
                 cfg.model.name,
                 self.data.num_labels,
                 spec,
@@ -221,7 +223,8 @@ class FederatedRun:
                 cfg.model.pooling,
                 cfg.data.task_name,
             )
-            self._init_states[spec] = trainable_state(self._models[spec])
+            self._init_states[spec] = trainable_state(model)
+            self._models[spec] = model.to(self.runtime.device)
         return self._models[spec]
 
     def initial_state(self, spec: TuneSpec) -> dict[str, torch.Tensor]:
@@ -263,22 +266,24 @@ class FederatedRun:
         load_trainable(model, self.state if state is None else state)
         data = getattr(self.data, split)
         boundary = spec.boundary(model.num_layers)
-        features = None
-        if not model.embeddings_trainable():  # else the "frozen" part changes each round
-            key = (split, boundary)
-            if key not in self._features:
-                self._features[key] = frozen_features(model, data, boundary)
-            features = self._features[key]
-        return evaluate(
-            model,
-            data,
-            self.shape,
-            spec,
-            boundary=boundary,
-            features=features,
-            label_names=list(self.data.label_names),
-            per_sample=per_sample,
-        )
+        features, rt = None, self.runtime
+        with oom_guard(self.cfg, rt.device, f"evaluating on the {split} split"):
+            if not model.embeddings_trainable():  # else the "frozen" part changes each round
+                key = (split, boundary)
+                if key not in self._features:
+                    self._features[key] = frozen_features(model, data, boundary, runtime=rt)
+                features = self._features[key]
+            return evaluate(
+                model,
+                data,
+                self.shape,
+                spec,
+                boundary=boundary,
+                features=features,
+                label_names=list(self.data.label_names),
+                per_sample=per_sample,
+                runtime=rt,
+            )
 
     @staticmethod
     def metric_columns(metrics: dict[str, float] | None, prefix: str = "val") -> dict[str, Any]:
@@ -430,7 +435,9 @@ class FederatedRun:
             **(extra or {}),
         }
         torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")
-        model = self.model_for(self.spec)
+        # exported from the CPU, so that the files load on any machine
+        model = self.model_for(self.spec).to("cpu")
+        del self._models[self.spec]  # no longer on the runtime's device
         load_trainable(model, self.state)
         export_model(
             model,
