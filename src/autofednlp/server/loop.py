@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from autofednlp.client.train import evaluate, frozen_features
-from autofednlp.config import ExperimentConfig
+from autofednlp.config import ExperimentConfig, to_dict
 from autofednlp.cost.clock import ClientCost, RoundCost, SimClock, client_cost
 from autofednlp.data.federated import FederatedData
 from autofednlp.model.build import (
@@ -36,9 +34,9 @@ from autofednlp.model.build import (
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.report.progress import ProgressPrinter, majority_accuracy
 from autofednlp.report.results import (
     RunRecorder,
-    human_duration,
     save_checkpoint,
     time_to_accuracy,
 )
@@ -86,39 +84,6 @@ class Transport(Protocol):
         """Run the tasks on their clients; return the replies that came and what failed."""
 
 
-class ProgressPrinter:
-    """Per-round progress: `lines` (human, on stderr, with a wall-clock ETA), `json` (one JSON
-    object per round on stdout, for scripts) or `quiet`."""
-
-    def __init__(self, total_rounds: int, mode: str | bool = "lines") -> None:
-        self.total = total_rounds
-        self.mode = {True: "lines", False: "quiet"}.get(mode, mode)
-        self.bytes = 0
-        self.best: float | None = None
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        self.bytes += row["bytes_up"] + row["bytes_down"]
-        acc = row.get("val_accuracy")
-        if acc is not None:
-            self.best = acc if self.best is None else max(self.best, acc)
-        if self.mode == "json":
-            print(json.dumps(row, default=str), flush=True)
-        if self.mode != "lines":
-            return
-        acc_s = "  -  " if acc is None else f"{acc:.3f}"
-        best_s = "  -  " if self.best is None else f"{self.best:.3f}"
-        where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
-        wall = row["wall_time_s"]
-        eta = wall / row["round"] * (self.total - row["round"])
-        print(
-            f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
-            f"sim {human_duration(row['sim_time_s']):>8} | val acc {acc_s} (best {best_s}) | "
-            f"traffic {self.bytes / 1e6:8.2f} MB | wall {wall:6.1f} s | eta {eta:5.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 @dataclass
 class GroupResult:
     """One group's round: its new weights, what it cost, and who took part."""
@@ -160,16 +125,21 @@ class FederatedRun:
         self.shape = model_shape(cfg.model.name, data.num_labels, cfg.model.pooling)
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
-        self.progress = ProgressPrinter(cfg.federation.rounds, progress)
+        self.majority = majority_accuracy(data.validation.labels.tolist())
+        self.progress = ProgressPrinter(cfg.federation.rounds, progress, self.majority)
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()
         self.next_round = 1
+        self._strategy: dict[str, Any] = {}
         if resume:
             self.restore(resume)
+        else:  # an interrupt before the first periodic checkpoint can still be resumed
+            self.checkpoint(1)
 
     def checkpoint(self, next_round: int, strategy: dict[str, Any] | None = None) -> None:
         """Everything needed to continue exactly: weights, configuration, simulated clock,
         sampling RNG, the rows so far and the strategy's own state."""
+        self._strategy = strategy or {}
         save_checkpoint(
             self.recorder.run_dir,
             {
@@ -182,6 +152,7 @@ class FederatedRun:
                 "wall_s": time.monotonic() - self._t0,
                 "time_ns": time.time_ns(),
                 "strategy": strategy or {},
+                "config": to_dict(self.cfg),
             },
         )
 
@@ -192,6 +163,7 @@ class FederatedRun:
         for k, v in ckpt["clock"].items():
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
+        self._strategy = {k: v for k, v in ckpt["strategy"].items() if k != "finished"}
         self._t0 = time.monotonic() - ckpt["wall_s"]
         self.progress.bytes = sum(r["bytes_up"] + r["bytes_down"] for r in ckpt["rows"])
 
@@ -344,6 +316,7 @@ class FederatedRun:
             "target_accuracy": self.cfg.federation.target_accuracy,
             "time_to_accuracy": time_to_accuracy(rows, self.cfg.federation.target_accuracy),
             "best_val_accuracy": max(accs) if accs else None,
+            "majority_val_accuracy": self.majority,
             "final_val_accuracy": self.evaluate("validation")[0],
             "test_accuracy": test_acc,
             "test_loss": test_loss,
@@ -368,6 +341,8 @@ class FederatedRun:
             resolve_model_path(self.cfg.model.name),
             self.recorder.run_dir / "export",
         )
-        self.checkpoint(len(rows) + 1, {"finished": True})
+        # the strategy's last state stays in it: `--resume --set federation.rounds=N` extends
+        last_round = max((r["round"] for r in rows), default=0)
+        self.checkpoint(last_round + 1, {**self._strategy, "finished": True})
         self.recorder.summary(summary)  # last: its presence marks a finished run
         return summary
