@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from autofednlp.data import tokenize
 from autofednlp.data.partition import partition_indices
 from autofednlp.data.sources import load_text_dataset, source_fingerprint
 from autofednlp.data.splits import split_dataset
+from autofednlp.report import progress as show
 
 # bump when the layout or the meaning of a cached file changes
 CACHE_FORMAT = 1
+TOKENIZE_CHUNK = 256
 
 _memory_cache: dict[str, FederatedData] = {}
 
@@ -61,6 +63,8 @@ class FederatedData:
     test: TokenizedSplit
     label_names: list[str]
     partitions: list[list[int]]
+    # what was read to make these splits: rows read, dropped (by reason), sampled, truncated
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -122,6 +126,7 @@ def _write_cache(path: Path, key: str, data: FederatedData) -> None:
         "key": key,
         "label_names": data.label_names,
         "partitions": data.partitions,
+        "stats": data.stats,
         **{name: split_state(getattr(data, name)) for name in ("train", "validation", "test")},
     }
     save_cache_file(path, state)
@@ -160,7 +165,10 @@ def _read_cache(path: Path, key: str) -> FederatedData | None:
             return None
         splits = {n: TokenizedSplit(**state[n]) for n in ("train", "validation", "test")}
         return FederatedData(
-            **splits, label_names=state["label_names"], partitions=state["partitions"]
+            **splits,
+            label_names=state["label_names"],
+            partitions=state["partitions"],
+            stats=state.get("stats", {}),
         )
     except Exception:
         # a truncated, foreign or older file is simply rebuilt: the cache is never the truth
@@ -171,9 +179,8 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
     # imported here: a process that hits the cache never pays for importing transformers
     from transformers import AutoTokenizer
 
-    splits = split_dataset(
-        load_text_dataset(cfg, seed), cfg.validation_fraction, cfg.test_fraction, seed
-    )
+    ds = load_text_dataset(cfg, seed)
+    splits = split_dataset(ds, cfg.validation_fraction, cfg.test_fraction, seed)
     # partition before tokenizing, so a bad num_clients / alpha fails fast
     partitions = partition_indices(
         splits.train.labels,
@@ -184,17 +191,37 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    total = len(splits.train) + len(splits.validation) + len(splits.test)
 
-    def encode(ds) -> TokenizedSplit:
-        enc = tokenize.tokenize_texts(ds.texts, tokenizer, cfg.max_length)
-        return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long))
+    with show.bar(f"tokenizing {total} samples (max {cfg.max_length} tokens)", total) as advance:
 
+        def encode(part) -> TokenizedSplit:
+            # in chunks, so the bar moves; one batched call per chunk keeps the fast path
+            chunks = []
+            for i in range(0, max(len(part.texts), 1), TOKENIZE_CHUNK):
+                texts = part.texts[i : i + TOKENIZE_CHUNK]
+                chunks.append(tokenize.tokenize_texts(texts, tokenizer, cfg.max_length))
+                advance(len(texts))
+            enc = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+            return TokenizedSplit(**enc, labels=torch.tensor(part.labels, dtype=torch.long))
+
+        train, validation, test = (
+            encode(p) for p in (splits.train, splits.validation, splits.test)
+        )
+    full = sum(int(s.attention_mask[:, -1].sum()) for s in (train, validation, test))
+    stats = {
+        "rows_read": ds.rows_read or len(ds),
+        "dropped": ds.dropped,
+        "sampled": total if cfg.max_samples > 0 else None,
+        "truncated": full,  # samples that fill max_length: at or over it
+    }
     return FederatedData(
-        train=encode(splits.train),
-        validation=encode(splits.validation),
-        test=encode(splits.test),
+        train=train,
+        validation=validation,
+        test=test,
         label_names=list(splits.train.label_names),
         partitions=partitions,
+        stats=stats,
     )
 
 

