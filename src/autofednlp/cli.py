@@ -150,14 +150,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         what = f"experiment {cfg.name!r} ({cfg.strategy.name}, {cfg.federation.rounds} rounds)"
     if mode == "lines":  # before the heavy imports: a cold start spends a minute in them
         print(f"autofednlp: {what}: starting", file=sys.stderr, flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _on_stop_signal)
-    from autofednlp.run import resume_experiment, run_experiment
+    before = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from autofednlp.run import resume_experiment, run_experiment
 
-    if args.resume:
-        summary = resume_experiment(args.resume, progress=mode, rounds=rounds)
-    else:
-        summary = run_experiment(cfg, args.run_dir, progress=mode)
+        if args.resume:
+            summary = resume_experiment(args.resume, progress=mode, rounds=rounds)
+        else:
+            summary = run_experiment(cfg, args.run_dir, progress=mode)
+    finally:  # `main` called from Python (a test, a notebook) gets its handlers back
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     if mode == "json":
         print(json.dumps({"summary": summary}, default=str))
     else:
