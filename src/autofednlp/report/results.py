@@ -160,7 +160,9 @@ class RunRecorder:
     ) -> None:
         """A fresh record, or (resuming) one that starts again from `rows`."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # the command line and the notebook API hold the lock already; a deployed ServerApp
+        # takes it here
+        lock_run_dir(self.run_dir)
         self.tensorboard: TensorBoardLog | None = None
         if cfg.tensorboard:
             from autofednlp.report.tensorboard_log import TensorBoardLog
