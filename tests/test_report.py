@@ -134,3 +134,20 @@ def test_traffic_and_energy_bars_start_at_zero_in_readable_units(tmp_path, figur
     assert ax_e.get_xlabel() == "energy, all clients (Wh)"
     values = [t.get_text() for t in ax_t.texts]
     assert sorted(values) == ["0.00015", "9.00"]  # 3 x 50 kB and 3 x 3 GB, in GB
+
+
+def test_the_plot_shows_f1_where_the_runs_target_is_f1(tmp_path, figures):
+    d = _run_dir(tmp_path / "ner", "tagging", 1.0, 3)
+    with open(d / "rounds.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["val_f1"] = "0.5"
+    with open(d / "rounds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*ROUND_FIELDS, "val_f1"])
+        w.writeheader()
+        w.writerows(rows)
+    (d / "config.toml").write_text('name = "tagging"\n[federation]\ntarget_metric = "f1"\n')
+    write_report([load_run(d)], tmp_path / "out")
+    ax = figures["accuracy_vs_time.png"].axes[0]
+    assert ax.get_ylabel() == "best validation F1 so far"
+    assert [y for _, y in ax.lines[0].get_xydata()][-1] == 0.5
