@@ -175,3 +175,21 @@ def test_two_runs_started_together_into_one_directory(tiny_model_dir, tmp_path):
     assert "in use by another run" in err or "already exists and is not empty" in err, err
     rows = _rows(run_dir)
     assert [r["round"] for r in rows] == ["1", "2", "3"]  # one run's rows, not two interleaved
+
+
+def test_a_run_directory_taken_first_by_another_run(tmp_path):
+    """A name we chose ourselves moves on to the next free one; a name the user gave is
+    refused."""
+    from autofednlp.config import ConfigError, load_config
+    from autofednlp.report.results import unlock_run_dir
+    from autofednlp.run import _claim
+
+    cfg = load_config(None, [f'output_dir="{tmp_path}"'])
+    taken = tmp_path / "default-20261130-120000"
+    taken.mkdir()
+    (taken / "rounds.csv").write_text("round\n")  # the other run got there first
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        _claim(cfg, taken, chosen=False)
+    other = _claim(cfg, taken, chosen=True)
+    assert other != taken and other.parent == tmp_path and (other / "run.lock").exists()
+    unlock_run_dir(other)

@@ -35,15 +35,17 @@ def preflight(cfg: ExperimentConfig) -> None:
     show.note("loading PyTorch and Transformers")
     from autofednlp.client.worker import client_data
     from autofednlp.cost.devices import get_profile
-    from autofednlp.model.build import _pretrained, resolve_model_path
+    from autofednlp.model.build import model_num_layers, resolve_model_path
 
     for device in cfg.cost.devices:
         get_profile(device)
     show.note(f"loading model {cfg.model.name!r}")
-    model_cfg = _pretrained(resolve_model_path(cfg.model.name)).config
-    layers = model_cfg.num_hidden_layers
+    layers = model_num_layers(cfg.model.name)  # a model that cannot load fails here, one line
     if cfg.tune.kind != "full" and cfg.tune.depth > layers:
         raise ConfigError(f"tune.depth = {cfg.tune.depth}: the model has only {layers} layers")
+    from transformers import AutoConfig
+
+    model_cfg = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name))
     positions = getattr(model_cfg, "max_position_embeddings", None)
     if positions is not None and cfg.data.max_length > positions:
         raise ConfigError(
@@ -119,15 +121,32 @@ def run_experiment(
     try:
         rd = new_run_dir(cfg, run_dir, create=False)
         preflight(cfg)
-        # two runs started together both pass the emptiness check: the lock decides
-        lock_run_dir(rd)
-        if any(p.name != "run.lock" for p in rd.iterdir()):
-            unlock_run_dir(rd)
-            raise ConfigError(f"run directory {str(rd)!r} already exists and is not empty")
+        rd = _claim(cfg, rd, run_dir is None)
         show.note(f"writing results to {rd}")
         return _run_and_clean(cfg, rd, progress, None)
     finally:
         show.set_mode(old)
+
+
+def _claim(cfg: ExperimentConfig, rd: Path, chosen: bool, tries: int = 5) -> Path:
+    """Lock `rd` for this run. Two runs started together both passed the emptiness check:
+    the lock decides. A directory we chose ourselves (`<name>-<timestamp>`) that another run
+    took first is replaced by the next free name; one the user named is refused."""
+    for _ in range(tries):
+        try:
+            lock_run_dir(rd)
+        except ConfigError:
+            if not chosen:
+                raise
+            rd = new_run_dir(cfg, None, create=False)
+            continue
+        if not any(p.name != "run.lock" for p in rd.iterdir()):
+            return rd
+        unlock_run_dir(rd)
+        if not chosen:
+            raise ConfigError(f"run directory {str(rd)!r} already exists and is not empty")
+        rd = new_run_dir(cfg, None, create=False)
+    raise ConfigError(f"output_dir = {cfg.output_dir!r}: no free run directory after {tries} tries")
 
 
 def config_differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str = ""):
