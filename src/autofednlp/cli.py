@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,63 +80,6 @@ def _resume_rounds(overrides: list[str]) -> int | None:
     return rounds
 
 
-def _stop_descendants(grace_s: float = 2.0) -> None:
-    """End every process this one started (the simulation engine's Ray processes and its
-    workers): asked politely first, killed after `grace_s`."""
-    try:
-        import psutil
-    except ImportError:
-        return
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for p in children:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _gone, alive = psutil.wait_procs(children, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-
-
-def _on_stop_signal(signum: int, _frame: Any) -> None:
-    """SIGINT / SIGTERM during a run: stop now, whatever the engine's threads are doing.
-
-    Raising KeyboardInterrupt is not enough: the simulation engine's threads keep the
-    interpreter alive after `main` returns. Results are written as they happen and the
-    checkpoint atomically, so leaving at once loses at most the rounds since the last
-    checkpoint, which `--resume` runs again exactly."""
-    from autofednlp import run
-    from autofednlp.report.results import last_checkpoint
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    what = "interrupted" if signum == signal.SIGINT else "terminated"
-    rd = run.active_run_dir
-    if rd is None:
-        msg = f"autofednlp: {what}"
-    else:
-        at = last_checkpoint.get(rd)
-        where = f" from round {at}" if at else ""
-        msg = (
-            f"autofednlp: {what}; results so far are in {rd}; continue{where} with: "
-            f"autofednlp run --resume {rd}"
-        )
-    print(msg, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # what the engine's threads print while their processes go is noise after that line
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        os.dup2(devnull, fd)
-    _stop_descendants()
-    os._exit(128 + signum)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     mode = "quiet" if args.quiet else args.progress
     if args.resume:
@@ -150,17 +92,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         what = f"experiment {cfg.name!r} ({cfg.strategy.name}, {cfg.federation.rounds} rounds)"
     if mode == "lines":  # before the heavy imports: a cold start spends a minute in them
         print(f"autofednlp: {what}: starting", file=sys.stderr, flush=True)
-    before = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    from autofednlp.interrupt import stop_on_signals
+
+    with stop_on_signals():
         from autofednlp.run import resume_experiment, run_experiment
 
         if args.resume:
             summary = resume_experiment(args.resume, progress=mode, rounds=rounds)
         else:
             summary = run_experiment(cfg, args.run_dir, progress=mode)
-    finally:  # `main` called from Python (a test, a notebook) gets its handlers back
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
     if mode == "json":
         print(json.dumps({"summary": summary}, default=str))
     else:
