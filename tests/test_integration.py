@@ -101,7 +101,7 @@ def test_cli_run_on_flower_simulation_engine(tmp_path):
     ],
 )
 def test_cli_user_errors_exit_2_with_one_line(args, fragment, tmp_path):
-    res = _cli("run", *args, timeout=120, cwd=tmp_path)
+    res = _cli("run", *args, "--quiet", timeout=120, cwd=tmp_path)  # no progress notes
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and fragment in lines[0], res.stderr

@@ -124,3 +124,105 @@ def test_resume_without_checkpoint_is_a_user_error(tmp_path, capsys):
 
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+def _sets(tiny_model_dir, *extra):
+    from small_run import small_overrides
+
+    args = [*small_overrides(tiny_model_dir), "tune.depth=1", "tune.width=8", *extra]
+    return [x for a in args for x in ("--set", a)]
+
+
+@pytest.fixture(scope="module")
+def _finished(tiny_model_dir, tmp_path_factory):
+    from autofednlp.cli import main
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    argv = ["run", *_sets(tiny_model_dir), "--run-dir", str(run_dir), "--progress", "quiet"]
+    assert main(argv) == 0
+    return run_dir
+
+
+@pytest.fixture
+def finished_run(_finished, tmp_path):
+    """A copy of one finished 2-round run, for each test to change."""
+    import shutil
+
+    return shutil.copytree(_finished, tmp_path / "run")
+
+
+def _one_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autofednlp: error: "), err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def test_resume_refuses_an_edited_config_naming_the_keys(finished_run, capsys):
+    from autofednlp.cli import main
+
+    (finished_run / "summary.json").unlink()  # as if interrupted
+    path = finished_run / "config.toml"
+    text = path.read_text()
+    text = text.replace("width = 8", "width = 16").replace("seed = 0", "seed = 7")
+    path.write_text(text.replace("max_samples = 120", "max_samples = 400"))
+    before = (finished_run / "rounds.csv").read_text()
+    assert main(["run", "--resume", str(finished_run), "--progress", "quiet"]) == 2
+    line = _one_error(
+        capsys, "data.max_samples (120 -> 400)", "seed (0 -> 7)", "tune.width (8 -> 16)"
+    )
+    assert "config.toml differs" in line
+    assert (finished_run / "rounds.csv").read_text() == before
+
+
+def test_resume_refuses_a_finished_run_and_rewrites_nothing(finished_run, capsys):
+    from autofednlp.cli import main
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir() if p.name != "run.lock"}
+    assert main(["run", "--resume", str(finished_run), "--progress", "quiet"]) == 2
+    _one_error(capsys, "the run is finished (2 rounds)", "--set federation.rounds=N")
+    assert {
+        p.name: p.stat().st_mtime_ns for p in finished_run.iterdir() if p.name != "run.lock"
+    } == stamps
+
+
+def test_resume_takes_no_other_override(finished_run, capsys):
+    from autofednlp.cli import main
+
+    assert main(["run", "--resume", str(finished_run), "--set", "seed=3"]) == 2
+    _one_error(capsys, "only --set federation.rounds=N", "'seed'")
+    argv = ["run", "--resume", str(finished_run), "--set", "federation.rounds=2", "--quiet"]
+    assert main(argv) == 2
+    _one_error(capsys, "extending a run needs more than its 2 rounds")
+
+
+def test_extending_a_finished_run_is_recorded_and_equals_the_longer_run(
+    finished_run, tiny_model_dir, tmp_path, capsys
+):
+    from autofednlp.cli import main
+
+    argv = ["run", "--resume", str(finished_run), "--set", "federation.rounds=4"]
+    assert main([*argv, "--progress", "quiet"]) == 0
+    summary = json.loads((finished_run / "summary.json").read_text())
+    (ext,) = summary["extended"]
+    assert ext["from_rounds"] == 2 and ext["to_rounds"] == 4 and ext["was_finished"]
+    assert json.loads((finished_run / "extended.json").read_text()) == summary["extended"]
+    assert "rounds = 4" in (finished_run / "config.toml").read_text()
+    assert "extended" in capsys.readouterr().out  # the printed summary says so
+
+    longer = tmp_path / "longer"
+    sets = _sets(tiny_model_dir, "federation.rounds=4")
+    assert main(["run", *sets, "--run-dir", str(longer), "--progress", "quiet"]) == 0
+    # the same training; only the cost differs: a finished run's activation caches were freed,
+    # so the extension refills them (misses where the longer run hit)
+    same = ["round", "config", "clients", "val_accuracy", "bytes_up"]
+    assert [{k: r[k] for k in same} for r in _rows(finished_run)] == [
+        {k: r[k] for k in same} for r in _rows(longer)
+    ]
+    wa = torch.load(finished_run / "trainable_state.pt")
+    wb = torch.load(longer / "trainable_state.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # and the extended run is finished again: a plain --resume is refused
+    assert main(["run", "--resume", str(finished_run)]) == 2

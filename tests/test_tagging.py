@@ -158,7 +158,14 @@ def test_bad_conll_is_one_line_naming_file_and_line(tmp_path, capsys, text, mess
     path = tmp_path / "bad.conll"
     path.write_text(text, encoding="utf-8")
     code = main(
-        ["run", "--set", f'data.dataset="{path}"', "--set", f"data.labels={json.dumps(TAGS)}"]
+        [
+            "run",
+            "--quiet",  # stage notes aside, the error is one line
+            "--set",
+            f'data.dataset="{path}"',
+            "--set",
+            f"data.labels={json.dumps(TAGS)}",
+        ]
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
@@ -266,7 +273,7 @@ def test_tagging_run_predict_and_export(tiny_model_dir, tmp_path, capsys):
     # report plots a tagging run by entity F1
     assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     csv_head = (tmp_path / "report" / "accuracy_vs_time.csv").read_text().splitlines()[0]
-    assert csv_head == "run,sim_time_s,best_val_f1"
+    assert csv_head == "run,dir,sim_time_s,best_val_f1"
 
 
 def _conll_file(tmp_path, sentences, name="ner.conll"):

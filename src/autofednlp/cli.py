@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from autofednlp.config import ConfigError, describe_fields, load_config
-from autofednlp.report.results import human_duration
+from autofednlp.report.results import human_bytes, human_duration, human_energy
 
 EXIT_USER_ERROR = 2
 
@@ -32,7 +33,7 @@ def format_summary(s: dict[str, Any]) -> str:
     metric = s.get("target_metric", "accuracy")  # runs before #10 have no target_metric
     name = METRIC_NAMES.get(metric, metric)
     short = {"accuracy": "val acc"}.get(metric, f"val {name}")
-    scores = [("best validation accuracy", f"{s['best_val_accuracy']:.4f}")]
+    scores = [("best validation accuracy", _with_majority(s["best_val_accuracy"], s))]
     if metric != "accuracy":
         scores = [(f"best validation {name}", f"{s[f'best_val_{metric}']:.4f}")]
     scores.append((f"final test {name}", f"{s[f'test_{metric}']:.4f}"))
@@ -58,8 +59,9 @@ def format_summary(s: dict[str, Any]) -> str:
         (f"time to {s['target_accuracy']:.0%} {short}", reached),
         *scores,
         ("simulated time", human_duration(s["sim_time_s"])),
-        ("traffic up / down", f"{s['bytes_up'] / 1e6:.2f} MB / {s['bytes_down'] / 1e6:.2f} MB"),
-        ("energy", f"{s['energy_j'] / 3600:.2f} Wh"),
+        ("traffic up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
+        ("energy", human_energy(s["energy_j"])),
+        *([("extended", _extensions(s["extended"]))] if s.get("extended") else []),
         ("wall time", f"{s['wall_time_s']:.1f} s"),
         ("results", s["run_dir"]),
     ]
@@ -67,16 +69,58 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from autofednlp.run import resume_experiment, run_experiment
+def _with_majority(acc: float | None, s: dict[str, Any]) -> str:
+    if acc is None:
+        return "-"
+    majority = s.get("majority_val_accuracy")
+    return f"{acc:.4f}" + ("" if majority is None else f" (majority class: {majority:.4f})")
 
+
+def _extensions(history: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e['from_rounds']} -> {e['to_rounds']} rounds ({e['at']})" for e in history)
+
+
+EXTENDABLE = "federation.rounds"
+
+
+def _resume_rounds(overrides: list[str]) -> int | None:
+    """`--resume` accepts one override, the one that extends a run: more rounds."""
+    rounds = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() != EXTENDABLE:
+            raise ConfigError(
+                f"--resume takes the run directory's own config; only --set {EXTENDABLE}=N "
+                f"(to extend the run) may change it, not {key.strip()!r}"
+            )
+        try:
+            rounds = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{EXTENDABLE} = {value.strip()!r}: expected an integer") from None
+    return rounds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     mode = "quiet" if args.quiet else args.progress
     if args.resume:
-        if args.config or args.set or args.run_dir:
-            raise ConfigError("--resume takes the run directory's own config: no file or --set")
-        summary = resume_experiment(args.resume, progress=mode)
+        if args.config or args.run_dir:
+            raise ConfigError("--resume takes the run directory's own config: no file or --run-dir")
+        rounds = _resume_rounds(args.set)
+        what = f"resuming {args.resume}"
     else:
-        summary = run_experiment(load_config(args.config, args.set), args.run_dir, progress=mode)
+        cfg = load_config(args.config, args.set)
+        what = f"experiment {cfg.name!r} ({cfg.strategy.name}, {cfg.federation.rounds} rounds)"
+    if mode == "lines":  # before the heavy imports: a cold start spends a minute in them
+        print(f"autofednlp: {what}: starting", file=sys.stderr, flush=True)
+    from autofednlp.interrupt import stop_on_signals
+
+    with stop_on_signals():
+        from autofednlp.run import resume_experiment, run_experiment
+
+        if args.resume:
+            summary = resume_experiment(args.resume, progress=mode, rounds=rounds)
+        else:
+            summary = run_experiment(cfg, args.run_dir, progress=mode)
     if mode == "json":
         print(json.dumps({"summary": summary}, default=str))
     else:
@@ -85,14 +129,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Report every readable run; name each unreadable one on stderr (exit 2 if any)."""
     from autofednlp.report.plots import comparison_table, load_run, write_report
+    from autofednlp.report.results import make_dir
 
-    runs = [load_run(d) for d in args.run_dirs]
-    print(comparison_table(runs))
     if args.out:
-        for path in write_report(runs, args.out):
-            print(f"wrote {path}")
-    return 0
+        make_dir(Path(args.out), "--out")
+    runs, bad = [], 0
+    for d in args.run_dirs:
+        try:
+            runs.append(load_run(d))
+        except ConfigError as e:
+            print(f"autofednlp: error: {e}", file=sys.stderr)
+            bad += 1
+    if runs:
+        print(comparison_table(runs))
+        if args.out:
+            for path in write_report(runs, args.out):
+                print(f"wrote {path}")
+    return EXIT_USER_ERROR if bad else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -169,7 +224,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofednlp",
         description="Federated fine-tuning of pretrained transformers with adapters on Flower.",
@@ -206,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a killed run from its last checkpoint (ends as if never interrupted)",
+        help="continue an interrupted run from its last checkpoint (ends as if never "
+        "interrupted); with --set federation.rounds=N, extend a run (finished or not) to N rounds",
     )
     run.set_defaults(func=cmd_run)
     report = sub.add_parser(
@@ -250,10 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time real training steps here: full fine-tuning vs adapters vs adapters + cache",
     )
-    from autofednlp import bench as bench_module
+    if with_bench:  # it imports torch: a second at start-up that `run` should not wait for
+        from autofednlp import bench as bench_module
 
-    bench_module.add_arguments(bench)
-    bench.set_defaults(func=bench_module.run)
+        bench_module.add_arguments(bench)
+        bench.set_defaults(func=bench_module.run)
     datasets = sub.add_parser("datasets", help="list the datasets you can use")
     datasets.set_defaults(func=cmd_datasets)
     devices = sub.add_parser("devices", help="list the device profiles of the cost model")
@@ -263,14 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(with_bench=command == "bench").parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"autofednlp: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("autofednlp: interrupted; results so far are in the run directory", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a run (no handler installed yet)
+        print("autofednlp: interrupted", file=sys.stderr)
         return 130
 
 

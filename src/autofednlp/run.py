@@ -2,33 +2,104 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
-from autofednlp.config import ConfigError, ExperimentConfig, load_config
-from autofednlp.report.results import load_checkpoint, new_run_dir
+from autofednlp.config import ConfigError, ExperimentConfig, load_config, to_dict
+from autofednlp.report import progress as show
+from autofednlp.report.results import (
+    load_checkpoint,
+    lock_run_dir,
+    new_run_dir,
+    save_checkpoint,
+    unlock_run_dir,
+    write_json_atomic,
+)
+
+# the run directory this process is writing now: what an interrupt message points to
+active_run_dir: Path | None = None
+
+# how close to the majority-class accuracy a target may be before it is worth a warning
+NEAR_MAJORITY = 0.05
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Catch user mistakes here, with one-line errors, before any engine starts."""
+    """Catch user mistakes here, with one-line errors, before any engine starts; say what is
+    happening meanwhile (the first run on a machine spends a minute here)."""
+    show.note("loading PyTorch and Transformers")
     from autofednlp.client.worker import client_data
     from autofednlp.cost.devices import get_profile
-    from autofednlp.model.build import model_num_layers
+    from autofednlp.model.build import model_num_layers, resolve_model_path
     from autofednlp.runtime import runtime_for
 
     runtime_for(cfg)  # "cuda" on a machine without it: one line now, not in every client
     for device in cfg.cost.devices:
         get_profile(device)
-    layers = model_num_layers(cfg.model.name)
+    show.note(f"loading model {cfg.model.name!r}")
+    layers = model_num_layers(cfg.model.name)  # a model that cannot load fails here, one line
     if cfg.tune.kind != "full" and cfg.tune.depth > layers:
         raise ConfigError(f"tune.depth = {cfg.tune.depth}: the model has only {layers} layers")
+    from transformers import AutoConfig
+
+    model_cfg = AutoConfig.from_pretrained(resolve_model_path(cfg.model.name))
+    positions = getattr(model_cfg, "max_position_embeddings", None)
+    if positions is not None and cfg.data.max_length > positions:
+        raise ConfigError(
+            f"data.max_length = {cfg.data.max_length}: the model reads at most {positions} "
+            "tokens per sample"
+        )
+    show.note(f"reading data {cfg.data.dataset!r}")
     data = client_data(cfg)  # tokenizes once and fills the on-disk cache the clients read
     if len(data.partitions) != cfg.data.num_clients:
         raise ConfigError(f"data.num_clients = {cfg.data.num_clients}: got {len(data.partitions)}")
+    _describe_data(cfg, data)
+
+
+def _describe_data(cfg: ExperimentConfig, data: Any) -> None:
+    """The data actually used, and the yardstick: the majority-class accuracy."""
+    st = getattr(data, "stats", None) or {}
+    sizes = f"{len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test"
+    if st:
+        used = f"{st['rows_read']} rows read"
+        if st.get("sampled") is not None:
+            used += f", {st['sampled']} sampled (data.max_samples)"
+        show.note(f"data: {used}; {sizes}; {len(data.label_names)} classes")
+        dropped = {why: n for why, n in st.get("dropped", {}).items() if n}
+        if dropped:
+            whys = ", ".join(f"{n} {why}" for why, n in dropped.items())
+            show.warn(f"data: {sum(dropped.values())} rows dropped ({whys})")
+        if st.get("truncated"):
+            total = len(data.train) + len(data.validation) + len(data.test)
+            show.note(
+                f"data: {st['truncated']} of {total} samples fill all {cfg.data.max_length} "
+                "tokens (longer ones are truncated; data.max_length)"
+            )
+    else:
+        show.note(f"data: {sizes}; {len(data.label_names)} classes")
+    from autofednlp.report.progress import majority_accuracy
+
+    if data.validation.labels.dim() != 1 or cfg.target_metric != "accuracy":
+        return  # the yardstick is a classifier's accuracy; entity F1 of "always O" is 0
+    majority = majority_accuracy(data.validation.labels.tolist())
+    target = cfg.federation.target_accuracy
+    if majority is None:
+        return
+    show.note(
+        f"yardstick: always predicting the most frequent class scores {majority:.3f} on the "
+        f"validation split; target: {target:.3f} (federation.target_accuracy)"
+    )
+    if target <= majority + NEAR_MAJORITY:
+        show.warn(
+            f"federation.target_accuracy = {target} is "
+            f"{'below' if target < majority else 'near'} the majority-class accuracy "
+            f"({majority:.3f}): a model that learned nothing reaches it"
+        )
 
 
 def _not_run_simulation_deprecation(record: logging.LogRecord) -> bool:
@@ -50,24 +121,142 @@ def run_experiment(
     cfg: ExperimentConfig, run_dir: str | None = None, progress: str | bool = "lines"
 ) -> dict[str, Any]:
     """Run `cfg` on its configured engine and return the summary."""
-    rd = new_run_dir(cfg, run_dir, create=False)
-    preflight(cfg)
-    rd.mkdir(parents=True, exist_ok=True)
-    return _run_and_clean(cfg, rd, progress, None)
+    old = show.set_mode(progress)
+    try:
+        rd = new_run_dir(cfg, run_dir, create=False)
+        preflight(cfg)
+        rd = _claim(cfg, rd, run_dir is None)
+        show.note(f"writing results to {rd}")
+        return _run_and_clean(cfg, rd, progress, None)
+    finally:
+        show.set_mode(old)
 
 
-def resume_experiment(run_dir: str, progress: str | bool = "lines") -> dict[str, Any]:
-    """Continue a killed run from its last checkpoint; it ends as the uninterrupted run would."""
+def _claim(cfg: ExperimentConfig, rd: Path, chosen: bool, tries: int = 5) -> Path:
+    """Lock `rd` for this run. Two runs started together both passed the emptiness check:
+    the lock decides. A directory we chose ourselves (`<name>-<timestamp>`) that another run
+    took first is replaced by the next free name; one the user named is refused."""
+    for _ in range(tries):
+        try:
+            lock_run_dir(rd)
+        except ConfigError:
+            if not chosen:
+                raise
+            rd = new_run_dir(cfg, None, create=False)
+            continue
+        if not any(p.name != "run.lock" for p in rd.iterdir()):
+            return rd
+        unlock_run_dir(rd)
+        if not chosen:
+            raise ConfigError(f"run directory {str(rd)!r} already exists and is not empty")
+        rd = new_run_dir(cfg, None, create=False)
+    raise ConfigError(f"output_dir = {cfg.output_dir!r}: no free run directory after {tries} tries")
+
+
+def config_differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str = ""):
+    """Dotted keys whose values differ between two config tables, with both values."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key), current.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict) and key != "devices":
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append((name, a, b))
+    return out
+
+
+def resume_experiment(
+    run_dir: str, progress: str | bool = "lines", rounds: int | None = None
+) -> dict[str, Any]:
+    """Continue a killed run from its last checkpoint; it ends as the uninterrupted run would.
+
+    The run's `config.toml` must still say what the run started with (a changed key is
+    refused, named). A finished run is refused unless `rounds` extends it past its
+    `federation.rounds`; the extension is recorded in `extended.json` and the summary."""
     from autofednlp.client.cache import prune_newer_than
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
 
-    rd = Path(run_dir).resolve()
-    ckpt = load_checkpoint(rd)
-    cfg = load_config(rd / "config.toml")
-    preflight(cfg)
-    prune_newer_than(cache_root(cfg) / run_id_for(rd), ckpt["time_ns"])
-    return _run_and_clean(cfg, rd, progress, ckpt)
+    old = show.set_mode(progress)
+    try:
+        rd = Path(run_dir).resolve()
+        if not rd.is_dir():
+            raise ConfigError(f"--resume {str(run_dir)!r}: no such run directory")
+        lock_run_dir(rd)  # before reading: a run still writing there is refused
+        try:
+            ckpt = load_checkpoint(rd)
+            cfg = load_config(rd / "config.toml")
+            recorded = ckpt.get("config")
+            if recorded is not None:
+                diff = config_differences(recorded, to_dict(cfg))
+                if diff:
+                    shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in diff[:6])
+                    more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+                    raise ConfigError(
+                        f"--resume {str(rd)!r}: config.toml differs from the configuration the run "
+                        f"started with: {shown}{more}; put it back, or start a new run"
+                    )
+            finished = (rd / "summary.json").is_file()
+            if finished and rounds is None:
+                raise ConfigError(
+                    f"--resume {str(rd)!r}: the run is finished ({cfg.federation.rounds} rounds); "
+                    "to train it further, extend it: --resume DIR --set federation.rounds=N"
+                )
+            if rounds is not None:
+                _check_extension(rd, cfg, ckpt, rounds, finished)
+            show.note(f"resuming {rd} from round {ckpt['next_round']}")
+            preflight(cfg)
+            if rounds is not None:
+                cfg = _extend(rd, cfg, ckpt, rounds, finished)
+            prune_newer_than(cache_root(cfg) / run_id_for(rd), ckpt["time_ns"])
+        except BaseException:
+            unlock_run_dir(rd)
+            raise
+        return _run_and_clean(cfg, rd, progress, ckpt)
+    finally:
+        show.set_mode(old)
+
+
+def _check_extension(
+    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], rounds: int, finished: bool
+) -> None:
+    before = cfg.federation.rounds
+    if rounds <= before:
+        raise ConfigError(
+            f"federation.rounds = {rounds}: extending a run needs more than its {before} rounds"
+        )
+    strategy = ckpt.get("strategy", {})
+    if cfg.strategy.name == "autofed" and finished and "trajectory" not in strategy:
+        raise ConfigError(
+            f"--resume {str(rd)!r}: this AutoFedNLP run kept no trial state to extend from "
+            "(it ran with federation.checkpoint_every = 0)"
+        )
+
+
+def _extend(
+    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], rounds: int, finished: bool
+) -> ExperimentConfig:
+    """Raise the run's `federation.rounds`, recorded in the checkpoint and `extended.json`."""
+    before = cfg.federation.rounds
+    cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, rounds=rounds))
+    path = rd / "extended.json"
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    history.append(
+        {
+            "from_rounds": before,
+            "to_rounds": rounds,
+            "was_finished": finished,
+            "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
+    write_json_atomic(path, history)
+    # the record agrees with itself from now on: the checkpoint carries the new config and
+    # the old summary goes (the run is not finished any more)
+    save_checkpoint(rd, {**ckpt, "config": to_dict(cfg)})
+    (rd / "summary.json").unlink(missing_ok=True)
+    show.note(f"extending the run from {before} to {rounds} rounds (recorded in extended.json)")
+    return cfg
 
 
 def _run_and_clean(
@@ -76,7 +265,17 @@ def _run_and_clean(
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
 
-    summary = _run_on_engine(cfg, rd, progress, resume)
+    global active_run_dir
+    active_run_dir = rd
+    try:
+        summary = _run_on_engine(cfg, rd, progress, resume)
+    finally:
+        active_run_dir = None
+        unlock_run_dir(rd)
+    extended = rd / "extended.json"
+    if extended.is_file():
+        summary["extended"] = json.loads(extended.read_text(encoding="utf-8"))
+        write_json_atomic(rd / "summary.json", summary)
     # Simulated clients keep their activation caches on this machine: free the disk once the
     # run is complete (an interrupted run keeps them, for --resume).
     shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
@@ -87,6 +286,7 @@ def _run_on_engine(
     cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None
 ) -> dict[str, Any]:
     if cfg.federation.engine == "inprocess":
+        show.note("starting the in-process engine (clients train one after another here)")
         from autofednlp.client.worker import client_data
         from autofednlp.server import make_run
         from autofednlp.server.inprocess import InProcessTransport
@@ -94,6 +294,30 @@ def _run_on_engine(
         transport = InProcessTransport(cfg)
         return make_run(cfg, client_data(cfg), transport, rd, progress, resume).run()
     return _run_simulation(cfg, rd, progress, resume)
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here, as Flower's backend would, then give SIGTERM back to our handler.
+
+    `ray.init` replaces the process's SIGTERM handler with one that raises SystemExit in
+    the main thread, which neither stops Flower's threads nor the Ray processes (the run
+    then aborts after printing C++ stack traces). Flower skips its own `ray.init` when Ray
+    is already running, and shuts it down at the end as usual."""
+    import signal
+    import sys
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    pythonpath = os.pathsep.join(sys.path)  # as Flower's RayBackend.init_ray passes it
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _run_simulation(
@@ -107,6 +331,9 @@ def _run_simulation(
     from autofednlp.runtime import client_gpu_share, visible_gpus
     from autofednlp.server.app import make_server_app
 
+    show.note(
+        f"starting Flower's simulation engine (Ray, {cfg.data.num_clients} virtual SuperNodes)"
+    )
     _quiet_flower()
     share, gpus = client_gpu_share(cfg), visible_gpus()
     backend_config = {
@@ -122,6 +349,8 @@ def _run_simulation(
             "log_to_driver": True,
         },
     }
+    _start_ray(backend_config["init_args"])
+    show.note(f"waiting for the {cfg.data.num_clients} virtual SuperNodes; round 1 follows")
     run_simulation(
         server_app=make_server_app(cfg, rd, progress, resume),
         client_app=client_app,

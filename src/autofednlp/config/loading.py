@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -43,6 +44,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} = {value!r}: expected a number")
+        if not math.isfinite(value):  # inf and nan pass every `>` check, then break later
+            raise ConfigError(f"{name} = {value!r}: expected a finite number")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -109,6 +112,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     table: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory, not a TOML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:

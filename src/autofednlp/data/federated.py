@@ -26,9 +26,11 @@ from autofednlp.data import tokenize
 from autofednlp.data.partition import partition_indices
 from autofednlp.data.sources import Dataset, load_splits, source_fingerprint
 from autofednlp.data.splits import make_splits
+from autofednlp.report import progress as show
 
 # bump when the layout or the meaning of a cached file changes
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+TOKENIZE_CHUNK = 256
 
 _memory_cache: dict[str, FederatedData] = {}
 
@@ -66,6 +68,8 @@ class FederatedData:
     task: str = "classification"
     # tagging: words per split that got no token (cut by truncation at data.max_length)
     lost_words: dict[str, int] = dataclasses.field(default_factory=dict)
+    # what was read to make these splits: rows read, dropped (by reason), sampled, truncated
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -129,6 +133,7 @@ def _write_cache(path: Path, key: str, data: FederatedData) -> None:
         "partitions": data.partitions,
         "task": data.task,
         "lost_words": data.lost_words,
+        "stats": data.stats,
         **{name: split_state(getattr(data, name)) for name in ("train", "validation", "test")},
     }
     save_cache_file(path, state)
@@ -172,6 +177,7 @@ def _read_cache(path: Path, key: str) -> FederatedData | None:
             partitions=state["partitions"],
             task=state["task"],
             lost_words=state["lost_words"],
+            stats=state.get("stats", {}),
         )
     except Exception:
         # a truncated, foreign or older file is simply rebuilt: the cache is never the truth
@@ -191,9 +197,8 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
     # imported here: a process that hits the cache never pays for importing transformers
     from transformers import AutoTokenizer
 
-    splits = make_splits(
-        load_splits(cfg, seed), cfg.validation_fraction, cfg.test_fraction, seed, cfg.resplit
-    )
+    named = load_splits(cfg, seed)
+    splits = make_splits(named, cfg.validation_fraction, cfg.test_fraction, seed, cfg.resplit)
     # partition before tokenizing, so a bad num_clients / alpha fails fast
     partitions = partition_indices(
         splits.train.strata,
@@ -204,10 +209,29 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    encoded = {
-        name: encode(getattr(splits, name), tokenizer, cfg.max_length)
-        for name in ("train", "validation", "test")
-    }
+    parts = {name: getattr(splits, name) for name in ("train", "validation", "test")}
+    total = sum(len(p) for p in parts.values())
+    encoded = {}
+    with show.bar(f"tokenizing {total} samples (max {cfg.max_length} tokens)", total) as advance:
+        for name, part in parts.items():
+            # in chunks, so the bar moves; one batched call per chunk keeps the fast path
+            starts = range(0, len(part), TOKENIZE_CHUNK) or [0]
+            chunks, lost = [], 0
+            for i in starts:
+                piece = part.select(list(range(i, min(i + TOKENIZE_CHUNK, len(part)))))
+                enc, n = encode(piece, tokenizer, cfg.max_length)
+                chunks.append(enc)
+                lost += n
+                advance(len(piece))
+            encoded[name] = (
+                TokenizedSplit(
+                    *(
+                        torch.cat([getattr(c, f) for c in chunks])
+                        for f in ("input_ids", "attention_mask", "labels")
+                    )
+                ),
+                lost,
+            )
     lost = {name: n for name, (_, n) in encoded.items() if n}
     if lost:
         logging.getLogger("autofednlp").warning(
@@ -215,12 +239,24 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
             cfg.max_length,
             ", ".join(f"{n} words of {name}" for name, n in lost.items()),
         )
+    dropped: dict[str, int] = {}
+    for ds in named.values():
+        for why, n in getattr(ds, "dropped", {}).items():
+            dropped[why] = dropped.get(why, 0) + n
+    stats = {
+        "rows_read": sum(getattr(ds, "rows_read", 0) or len(ds) for ds in named.values()),
+        "dropped": dropped,
+        "sampled": total if cfg.max_samples > 0 else None,
+        # samples that fill max_length: at or over it
+        "truncated": sum(int(t.attention_mask[:, -1].sum()) for t, _ in encoded.values()),
+    }
     return FederatedData(
         **{name: split for name, (split, _) in encoded.items()},
         label_names=list(splits.train.label_names),
         partitions=partitions,
         task=cfg.task_name,
         lost_words=lost,
+        stats=stats,
     )
 
 

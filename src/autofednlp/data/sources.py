@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ class TextDataset:
     labels: list[int]
     label_names: list[str]
     name: str
+    # rows in the source, and the rows left out of `texts`, by reason (the user is told)
+    rows_read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,15 +49,23 @@ class TextDataset:
             [self.labels[i] for i in indices],
             list(self.label_names),
             self.name,
+            self.rows_read,
+            dict(self.dropped),
         )
 
     @staticmethod
     def concat(parts: list[TextDataset]) -> TextDataset:
+        dropped: dict[str, int] = {}
+        for p in parts:
+            for why, n in p.dropped.items():
+                dropped[why] = dropped.get(why, 0) + n
         return TextDataset(
             [t for p in parts for t in p.texts],
             [y for p in parts for y in p.labels],
             list(parts[0].label_names),
             parts[0].name,
+            sum(p.rows_read for p in parts),
+            dropped,
         )
 
 
@@ -86,7 +99,7 @@ def load_bbc_news() -> TextDataset:
             # a few articles hold stray Latin-1 bytes; one replaced character does no harm
             texts.append(f.read_bytes().decode("utf-8", errors="replace").strip())
             labels.append(label)
-    return TextDataset(texts, labels, topics, "bbc_news")
+    return TextDataset(texts, labels, topics, "bbc_news", len(texts))
 
 
 def load_twitter_ner() -> TaggedDataset:
@@ -135,11 +148,12 @@ def _from_table(
     texts: list[str] = []
     raw: list[Any] = []
     class_names = None
+    read = no_label = no_text = 0
     for table in tables:
-        for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        for key, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
             if column not in table.column_names:
                 raise ConfigError(
-                    f"data.{field} = {column!r}: no such column in {where} "
+                    f"data.{key} = {column!r}: no such column in {where} "
                     f"(columns: {', '.join(table.column_names)})"
                 )
         feature = table.features[cfg.label_column]
@@ -150,15 +164,24 @@ def _from_table(
         columns = table.select_columns([cfg.text_column, cfg.label_column]).to_dict()
         before = len(raw)
         for text, label in zip(columns[cfg.text_column], columns[cfg.label_column]):
-            if not _missing(label, is_class):
-                texts.append("" if text is None else str(text))
+            read += 1
+            if _missing(label, is_class) or (isinstance(label, str) and not label.strip()):
+                no_label += 1
+            elif _missing(text, False) or not str(text).strip():
+                no_text += 1  # nothing to learn from, and it would still count as a sample
+            else:
+                texts.append(str(text))
                 raw.append(label)
         if sizes is not None:
             sizes.append(len(raw) - before)
     if not raw:
-        raise ConfigError(f"{field} = {cfg.dataset!r}: {where} has no labelled rows")
+        raise ConfigError(
+            f"{field} = {cfg.dataset!r}: {where} has no usable rows ({read} read: {no_label} "
+            f"without a label, {no_text} with an empty text)"
+        )
     labels, names = _encode_labels(raw, class_names, cfg.label_column, where)
-    return TextDataset(texts, labels, names, name)
+    dropped = {"without a label": no_label, "with an empty text": no_text}
+    return TextDataset(texts, labels, names, name, read, dropped)
 
 
 def _reason(e: BaseException) -> str:
@@ -184,6 +207,23 @@ def _where(cfg: DataConfig) -> str:
     return f"hub dataset {name!r}"
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Without `datasets`' own progress bars and log lines: a bad file gets our one line."""
+    import datasets
+
+    was_enabled = datasets.utils.are_progress_bars_disabled() is False
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def load_file(cfg: DataConfig, field: str = "data.dataset") -> Dataset:
     """The labelled rows (tagging: sentences) of the local file `cfg.dataset`; errors name
     `field` and the file."""
@@ -203,6 +243,8 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> Dataset:
             f"{', '.join(types)}"
         )
     where = f"file {str(path)!r}"
+    if path.is_dir():
+        raise ConfigError(f"{field} = {cfg.dataset!r}: {str(path)!r} is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"{field} = {cfg.dataset!r}: {where} does not exist")
     if path.stat().st_size == 0:
@@ -210,7 +252,8 @@ def load_file(cfg: DataConfig, field: str = "data.dataset") -> Dataset:
     builder = FILE_BUILDERS[suffix]
     not_utf8 = ConfigError(f"{field} = {cfg.dataset!r}: {where} is not UTF-8 text")
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_datasets():
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:
         if _caused_by(e, UnicodeDecodeError):
             raise not_utf8 from None
@@ -340,6 +383,12 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, Dataset]:
         named = {"all": load_twitter_ner()}
     elif suffix in FILE_BUILDERS or (tagging and suffix in CONLL_SUFFIXES):
         named = {"all": load_file(cfg)}
+    elif Path(name).expanduser().is_dir():
+        kinds = (*FILE_BUILDERS, *CONLL_SUFFIXES) if tagging else tuple(FILE_BUILDERS)
+        raise ConfigError(
+            f"data.dataset = {name!r}: a directory; name a file in it "
+            f"({', '.join(kinds)}), a bundled dataset ({', '.join(BUNDLED)}) or a hub id"
+        )
     elif Path(name).expanduser().is_file():
         types = (*FILE_BUILDERS, *CONLL_SUFFIXES) if tagging else tuple(FILE_BUILDERS)
         raise ConfigError(

@@ -42,6 +42,48 @@ ROUND_FIELDS = [
 
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = "run.lock"
+
+# run directory -> the round its latest checkpoint resumes from (what an interrupt message says)
+last_checkpoint: dict[Path, int] = {}
+_held_locks: dict[Path, int] = {}  # run directory -> file descriptor holding its lock
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Make this process the only writer of `run_dir` until it exits or calls `unlock_run_dir`.
+
+    An advisory `flock` on `run_dir/run.lock`: the kernel drops it when the process dies, even
+    by `kill -9`, so a stale lock never blocks a `--resume`. Taking a lock this process already
+    holds is a no-op. A second process is refused in one line naming the holder."""
+    import fcntl
+
+    rd = Path(run_dir).resolve()
+    if rd in _held_locks:
+        return
+    try:
+        rd.mkdir(parents=True, exist_ok=True)
+        fd = os.open(rd / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"run directory {str(rd)!r} cannot be written ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"run directory {str(rd)!r} is in use by another run ({holder}); wait for it to "
+            "end or choose another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}, since {started}\n".encode(), 0)
+    _held_locks[rd] = fd
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    fd = _held_locks.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def save_checkpoint(run_dir: Path, data: dict[str, Any]) -> None:
@@ -52,6 +94,7 @@ def save_checkpoint(run_dir: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(data, tmp)
     os.replace(tmp, path)
+    last_checkpoint[Path(run_dir).resolve()] = int(data["next_round"])
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
@@ -73,9 +116,11 @@ def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None, create: bool 
     preflight leaves nothing behind."""
     if run_dir is not None:
         p = Path(run_dir)
+        _check_dir_path(p, "--run-dir")
         if p.exists() and any(p.iterdir()):
             raise ConfigError(f"run directory {str(p)!r} already exists and is not empty")
     else:
+        _check_dir_path(Path(cfg.output_dir), "output_dir")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         p = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
         i = 1
@@ -83,8 +128,28 @@ def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None, create: bool 
             p = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{i}"
             i += 1
     if create:
-        p.mkdir(parents=True, exist_ok=True)
+        make_dir(p, "--run-dir" if run_dir is not None else "output_dir")
     return p.resolve()
+
+
+def _check_dir_path(p: Path, field: str) -> None:
+    """`p` and every existing parent must be directories: a file there is a user mistake."""
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                what = "it" if q == p else f"{str(q)!r}"
+                raise ConfigError(f"{field} = {str(p)!r}: {what} is a file, not a directory")
+            return
+
+
+def make_dir(p: Path, field: str) -> Path:
+    """Create directory `p` (and parents), a `ConfigError` naming `field` if that fails."""
+    _check_dir_path(p, field)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{field} = {str(p)!r}: cannot create it ({e.strerror})") from None
+    return p
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -101,7 +166,9 @@ class RunRecorder:
     ) -> None:
         """A fresh record, or (resuming) one that starts again from `rows`."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # the command line and the notebook API hold the lock already; a deployed ServerApp
+        # takes it here
+        lock_run_dir(self.run_dir)
         self.tensorboard: TensorBoardLog | None = None
         if cfg.tensorboard:
             from autofednlp.report.tensorboard_log import TensorBoardLog
@@ -172,3 +239,25 @@ def human_duration(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
+
+
+def human_bytes(n_bytes: float | None) -> str:
+    """Traffic spans kilobytes (a few adapter rounds) to gigabytes (full fine-tuning)."""
+    if n_bytes is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def human_energy(joules: float | None) -> str:
+    """Energy in Wh (kWh when large); J below a tenth of a Wh, where Wh reads as 0.00."""
+    if joules is None:
+        return "-"
+    wh = joules / 3600
+    if wh >= 1000:
+        return f"{wh / 1000:.2f} kWh"
+    if wh >= 0.1:
+        return f"{wh:.2f} Wh"
+    return f"{joules:.1f} J"

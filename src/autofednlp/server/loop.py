@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from autofednlp.client.train import EvalResult, evaluate, frozen_features
-from autofednlp.config import ExperimentConfig
+from autofednlp.config import ExperimentConfig, to_dict
 from autofednlp.cost.clock import ClientCost, RoundCost, SimClock, client_cost
 from autofednlp.data.federated import FederatedData
 from autofednlp.model.build import (
@@ -35,9 +33,9 @@ from autofednlp.model.build import (
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.report.progress import ProgressPrinter, majority_accuracy
 from autofednlp.report.results import (
     RunRecorder,
-    human_duration,
     save_checkpoint,
     time_to_target,
 )
@@ -84,46 +82,6 @@ class Transport(Protocol):
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
         """Run the tasks on their clients; return the replies that came and what failed."""
-
-
-METRIC_LABELS = {"accuracy": "acc", "macro_f1": "macro-F1", "f1": "F1"}
-
-
-class ProgressPrinter:
-    """Per-round progress: `lines` (human, on stderr, with a wall-clock ETA), `json` (one JSON
-    object per round on stdout, for scripts) or `quiet`."""
-
-    def __init__(
-        self, total_rounds: int, mode: str | bool = "lines", metric: str = "accuracy"
-    ) -> None:
-        self.total = total_rounds
-        self.mode = {True: "lines", False: "quiet"}.get(mode, mode)
-        self.bytes = 0
-        self.best: float | None = None
-        self.metric = metric  # the run's target metric: its val_<metric> column is shown
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        self.bytes += row["bytes_up"] + row["bytes_down"]
-        acc = row.get(f"val_{self.metric}")
-        if acc is not None:
-            self.best = acc if self.best is None else max(self.best, acc)
-        if self.mode == "json":
-            print(json.dumps(row, default=str), flush=True)
-        if self.mode != "lines":
-            return
-        acc_s = "  -  " if acc is None else f"{acc:.3f}"
-        best_s = "  -  " if self.best is None else f"{self.best:.3f}"
-        where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
-        wall = row["wall_time_s"]
-        eta = wall / row["round"] * (self.total - row["round"])
-        print(
-            f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
-            f"sim {human_duration(row['sim_time_s']):>8} | val {METRIC_LABELS[self.metric]} "
-            f"{acc_s} (best {best_s}) | "
-            f"traffic {self.bytes / 1e6:8.2f} MB | wall {wall:6.1f} s | eta {eta:5.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 @dataclass
@@ -173,16 +131,28 @@ class FederatedRun:
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
         self.metric = cfg.target_metric  # what "reached" and the trials' winner go by
-        self.progress = ProgressPrinter(cfg.federation.rounds, progress, self.metric)
+        labels = data.validation.labels
+        # the yardstick a reading must beat: for a classifier's accuracy, always the majority
+        self.majority = majority_accuracy(labels.tolist()) if labels.dim() == 1 else None
+        self.progress = ProgressPrinter(
+            cfg.federation.rounds,
+            progress,
+            self.majority if self.metric == "accuracy" else None,
+            self.metric,
+        )
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()
         self.next_round = 1
+        self._strategy: dict[str, Any] = {}
         if resume:
             self.restore(resume)
+        else:  # an interrupt before the first periodic checkpoint can still be resumed
+            self.checkpoint(1)
 
     def checkpoint(self, next_round: int, strategy: dict[str, Any] | None = None) -> None:
         """Everything needed to continue exactly: weights, configuration, simulated clock,
         sampling RNG, the rows so far and the strategy's own state."""
+        self._strategy = strategy or {}
         save_checkpoint(
             self.recorder.run_dir,
             {
@@ -195,6 +165,7 @@ class FederatedRun:
                 "wall_s": time.monotonic() - self._t0,
                 "time_ns": time.time_ns(),
                 "strategy": strategy or {},
+                "config": to_dict(self.cfg),
             },
         )
 
@@ -205,6 +176,7 @@ class FederatedRun:
         for k, v in ckpt["clock"].items():
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
+        self._strategy = {k: v for k, v in ckpt["strategy"].items() if k != "finished"}
         self._t0 = time.monotonic() - ckpt["wall_s"]
         self.progress.bytes = sum(r["bytes_up"] + r["bytes_down"] for r in ckpt["rows"])
 
@@ -423,6 +395,7 @@ class FederatedRun:
             f"final_val_{self.metric}": final[self.metric],
             **{f"test_{k}": v for k, v in test.items()},
             "lost_words": dict(self.data.lost_words),
+            "majority_val_accuracy": self.majority,
             "sim_time_s": self.clock.time_s,
             "bytes_up": self.clock.bytes_up,
             "bytes_down": self.clock.bytes_down,
@@ -446,6 +419,8 @@ class FederatedRun:
             resolve_model_path(self.cfg.model.name),
             self.recorder.run_dir / "export",
         )
-        self.checkpoint(len(rows) + 1, {"finished": True})
+        # the strategy's last state stays in it: `--resume --set federation.rounds=N` extends
+        last_round = max((r["round"] for r in rows), default=0)
+        self.checkpoint(last_round + 1, {**self._strategy, "finished": True})
         self.recorder.summary(summary)  # last: its presence marks a finished run
         return summary
