@@ -20,7 +20,6 @@ from autofednlp.server.policies import (
     pick_paired,
     pick_winner,
     shared_average,
-    time_margin,
 )
 
 B = "bottleneck"
@@ -65,12 +64,6 @@ def test_a_noisy_but_worse_candidate_does_not_win_a_clearly_better_one_does():
     # better loss but lower accuracy is not "clearly better"
     ev_c = paired_evidence("c", keep, better, keep_acc, [0.78, 0.79])
     assert pick_paired([ev_c], 1.64) is None
-    # ... nor is one that learns more per round but less per simulated second: keep dropped
-    # its loss by 0.2 in the trial, and the candidate takes 1.6x keep's time per example
-    assert time_margin(0.2, 1.6) == pytest.approx(0.12)
-    ev_slow = paired_evidence("s", keep, better, keep_acc, [0.82, 0.83], time_margin(0.2, 1.6))
-    assert ev_slow.gain > 1.64 * ev_slow.stderr and pick_paired([ev_slow], 1.64) is None
-    assert time_margin(0.2, 0.9) == 0.0 and time_margin(-0.1, 2.0) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -168,7 +161,6 @@ def test_robust_run_trains_keep_with_everyone_and_trials_on_stalls(tiny_model_di
     traj = summary["trajectory"]
     assert traj and all(set(t["evidence"]) == set(t["groups"]) - {"keep"} for t in traj)
     assert all(t["rounds"] == 2 for t in traj[:-1])
-    assert all(e["margin"] >= 0 for t in traj for e in t["evidence"].values())
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["trials"] == len(traj)
 
 

@@ -219,7 +219,7 @@ class StrategyConfig:
     )
     min_delta: float = _f(0.005, "robust: the accuracy gain that counts as progress")
     trial_every: int = _f(
-        5,
+        4,
         "robust: rounds of the current configuration after which a trial runs even without a "
         "stall (while it still climbs, a candidate may climb faster per second); 0 = only on "
         "stalls",
@@ -227,8 +227,7 @@ class StrategyConfig:
     confidence_z: float = _f(
         1.64,
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
-        "current configuration's by more than this many standard errors (1.64: one-sided 95%) "
-        "plus what the current one would gain in the extra time the candidate costs",
+        "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
     candidates: str = _f(
         "upgrade",

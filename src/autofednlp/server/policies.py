@@ -189,27 +189,17 @@ def overlay(state: dict[str, torch.Tensor], trunk: dict[str, torch.Tensor]) -> d
 @dataclass(frozen=True)
 class PairedEvidence:
     """A candidate against `keep` on the same validation samples: the mean per-sample loss
-    reduction (positive: the candidate is better), its standard error, both accuracies, and
-    the margin the reduction must clear because the candidate costs more time per round."""
+    reduction (positive: the candidate is better), its standard error, and both readings of
+    the target metric (accuracy; entity F1 for tagging)."""
 
     name: str
     gain: float
     stderr: float
     accuracy: float
     keep_accuracy: float
-    margin: float = 0.0
 
     def clearly_better(self, z: float) -> bool:
-        return self.gain - z * self.stderr > self.margin and self.accuracy >= self.keep_accuracy
-
-
-def time_margin(keep_loss_drop: float, cost_ratio: float) -> float:
-    """What `keep` would gain in the extra time a candidate takes: keep's validation-loss drop
-    over the trial, extrapolated linearly to `cost_ratio` (candidate's simulated seconds per
-    training example over keep's) times the trial's length. Reaching a target sooner is the
-    goal, so a candidate that learns more per round but less per second does not win. Linear
-    extrapolation overstates keep's gain as it slows, which errs towards keeping."""
-    return max(keep_loss_drop, 0.0) * max(cost_ratio - 1.0, 0.0)
+        return self.gain - z * self.stderr > 0 and self.accuracy >= self.keep_accuracy
 
 
 def paired_evidence(
@@ -218,7 +208,6 @@ def paired_evidence(
     cand_losses: list[torch.Tensor],
     keep_acc: list[float],
     cand_acc: list[float],
-    margin: float = 0.0,
 ) -> PairedEvidence:
     """Per-sample losses of the last rounds of a trial (one tensor per round, same samples in
     the same order), averaged over those rounds before the paired comparison: a sample's
@@ -232,7 +221,6 @@ def paired_evidence(
         stderr,
         sum(cand_acc) / len(cand_acc),
         sum(keep_acc) / len(keep_acc),
-        margin,
     )
 
 

@@ -15,10 +15,8 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
 - Candidates then differ from `keep` only in the capacity they add, so a paired comparison of
   per-sample validation losses (same samples, same trunk) isolates what that capacity buys. A
   candidate replaces the current configuration only if it is better by more than
-  `confidence_z` standard errors plus what `keep` would have gained in the extra simulated
-  time the candidate costs per example (`time_margin`: the goal is reaching a target sooner,
-  not learning more per round), and no worse in accuracy (`pick_paired`). It continues from
-  its final weights, not from a lucky round's.
+  `confidence_z` standard errors and no worse on the target metric (`pick_paired`). It
+  continues from its final weights, not from a lucky round's.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autofednlp.cost.clock import BYTES_PER_MB, RoundCost
 from autofednlp.server.autofed import AutoFedRun, Group
 from autofednlp.server.policies import (
     StallDetector,
@@ -35,7 +32,6 @@ from autofednlp.server.policies import (
     paired_evidence,
     pick_paired,
     shared_average,
-    time_margin,
 )
 
 
@@ -108,10 +104,7 @@ class RobustAutoFedRun(AutoFedRun):
             Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates
         ]
         keep = groups[0]
-        start_loss = self.evaluate_result("validation", keep.spec, keep.state).loss
         losses: dict[str, list] = {g.name: [] for g in groups}
-        seconds = dict.fromkeys(losses, 0.0)  # simulated client seconds, and examples, per group
-        examples = dict.fromkeys(losses, 0.0)
         rounds = 0
         while rounds < st.trial_rounds and server_round < fed.rounds:
             server_round += 1
@@ -125,8 +118,6 @@ class RobustAutoFedRun(AutoFedRun):
             trunk = shared_average(keep.state, updates) if updates else keep.state
             for g, res in zip(groups, results):
                 g.state = overlay(res.state, trunk)
-                seconds[g.name] += self._client_seconds(res.cost)
-                examples[g.name] += sum(w for _, w in res.updates)
             # The groups run side by side: the round lasts as long as the slowest one.
             self._advance([r.cost for r in results], max(r.cost.duration_s for r in results))
             for g, res in zip(groups, results):
@@ -146,8 +137,6 @@ class RobustAutoFedRun(AutoFedRun):
             stall.observe(keep.accuracies[-1])
         # Judge on the trial's later rounds: new capacity starts at zero and needs a round.
         last = math.ceil(rounds / 2)
-        per_example = {n: seconds[n] / examples[n] if examples[n] else math.inf for n in seconds}
-        keep_drop = start_loss - float(losses[keep.name][-1].mean())
         evidence = [
             paired_evidence(
                 g.name,
@@ -155,7 +144,6 @@ class RobustAutoFedRun(AutoFedRun):
                 losses[g.name][-last:],
                 keep.accuracies[-last:],
                 g.accuracies[-last:],
-                time_margin(keep_drop, per_example[g.name] / per_example[keep.name]),
             )
             for g in groups[1:]
         ]
@@ -179,18 +167,8 @@ class RobustAutoFedRun(AutoFedRun):
                     "z": round(e.gain / e.stderr, 2) if e.stderr > 0 else None,
                     "accuracy": round(e.accuracy, 4),
                     "keep_accuracy": round(e.keep_accuracy, 4),
-                    "margin": round(e.margin, 5),
                 }
                 for e in evidence
             },
         }
         return server_round, entry
-
-    def _client_seconds(self, cost: RoundCost) -> float:
-        """Simulated seconds the group's clients spent in all (compute and transfers)."""
-        c = self.cfg.cost
-        return (
-            cost.compute_s
-            + cost.bytes_down / (c.download_mb_per_s * BYTES_PER_MB)
-            + cost.bytes_up / (c.upload_mb_per_s * BYTES_PER_MB)
-        )
