@@ -217,14 +217,20 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                 ratios = [a["vs_best_fixed"] for a in cells]
                 if not cells:
                     continue
-                if all(r is not None for r in ratios):
+                if all(a["tta_s"] is not None and a["best_fixed_s"] is None for a in cells):
+                    agg = "reached; no fixed configuration did"
+                elif all(r is not None for r in ratios):
                     mean = statistics.mean(ratios)
                     spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
                     agg = f"**{mean:.2f}**{spread}"
                 else:
                     agg = "**not reached** in " + ", ".join(
-                        f"seed {a['seed']}" for a in cells if a["vs_best_fixed"] is None
+                        f"seed {a['seed']}" for a in cells if a["tta_s"] is None
                     )
+                    if all(a["tta_s"] is not None for a in cells):
+                        agg = "mixed: no fixed configuration reached it in " + ", ".join(
+                            f"seed {a['seed']}" for a in cells if a["best_fixed_s"] is None
+                        )
                 per = "; ".join(
                     f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', 'not reached')} / "
                     f"{_fmt(a['best_fixed_s'], '.2f')} ({a['best_fixed']})"
@@ -373,6 +379,11 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/time_to_accuracy")
     p.add_argument("--set", action="append", default=[], help="extra config override")
     p.add_argument("--fresh", action="store_true", help="rerun even identical finished runs")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: tabulate the runs already in --out (partial ones marked)",
+    )
     args = p.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 6)
@@ -402,8 +413,14 @@ def main() -> int:
             "tune.kind=bottleneck",
             *args.set,
         ]
-        print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         run_out = out / "runs" / setting / f"seed{seed}"
+        if args.report_only:
+            found = load_run(run_out / slug(m.name))
+            if found["rows"]:
+                row = {"setting": setting, "seed": seed, "method": m.name, "family": m.family}
+                results.append({**row, **found, "wall_s": math.nan, "reused": True})
+            continue
+        print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         try:
             r = run_method(m, common, run_out, args.fresh)
         except KeyboardInterrupt:
