@@ -372,3 +372,15 @@ def test_jsonl_tag_ids_and_declared_tag_sets(tmp_path, tags, labels, expected):
     else:
         (ds,) = load_splits(cfg, seed=0).values()
         assert ds.tags == expected and ds.label_names == labels
+
+
+def test_classification_rows_and_summary_gain_macro_f1(tiny_model_dir, tmp_path):
+    from small_run import small_config
+
+    from autofednlp.run import run_experiment
+
+    summary = run_experiment(small_config(tiny_model_dir, tmp_path), progress=False)
+    rows = [json.loads(line) for line in open(summary["run_dir"] + "/rounds.jsonl")]
+    assert rows and all(0 <= r["val_macro_f1"] <= 1 for r in rows)
+    assert summary["task"] == "classification" and summary["target_metric"] == "accuracy"
+    assert {"test_accuracy", "test_macro_f1", "best_val_accuracy"} <= set(summary)
