@@ -403,3 +403,29 @@ def test_jsonl_tag_ids_and_declared_tag_sets(tmp_path, tags, labels, expected):
     else:
         (ds,) = load_splits(cfg, seed=0).values()
         assert ds.tags == expected and ds.label_names == labels
+
+
+def test_classification_rows_and_summary_gain_macro_f1(tiny_model_dir, tmp_path):
+    from small_run import small_config
+
+    from autofednlp.run import run_experiment
+
+    summary = run_experiment(small_config(tiny_model_dir, tmp_path), progress=False)
+    rows = [json.loads(line) for line in open(summary["run_dir"] + "/rounds.jsonl")]
+    assert rows and all(0 <= r["val_macro_f1"] <= 1 for r in rows)
+    assert summary["task"] == "classification" and summary["target_metric"] == "accuracy"
+    assert {"test_accuracy", "test_macro_f1", "best_val_accuracy"} <= set(summary)
+
+
+def test_parquet_with_list_columns(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "ner.parquet"
+    frame = {
+        "tokens": [["Anna", "sings"], ["in", "Oslo"]],
+        "ner_tags": [["B-PER", "O"], ["O", "B-LOC"]],
+    }
+    pd.DataFrame(frame).to_parquet(path)
+    (ds,) = load_splits(DataConfig(dataset=str(path), task="tagging"), seed=0).values()
+    assert ds.tokens == frame["tokens"] and ds.label_names == ["O", "B-LOC", "B-PER"]
+    assert ds.strata_names[ds.strata[1]] == "LOC"
