@@ -106,13 +106,14 @@ def test_dropped_rows_are_counted_and_reported(tiny_model_dir, tmp_path, capfd):
 
 
 def test_progress_says_what_happens_before_round_1(tiny_model_dir, tmp_path, capfd):
-    sets = _sets(tiny_model_dir, "federation.target_accuracy=0.3")
+    # a max_length no other test uses: the tokenized data is not in the session's cache yet
+    sets = _sets(tiny_model_dir, "federation.target_accuracy=0.3", "data.max_length=31")
     assert main(["run", *sets, "--run-dir", str(tmp_path / "r")]) == 0
     err = capfd.readouterr().err.splitlines()
     first_round = next(i for i, line in enumerate(err) if line.startswith("round   1/2"))
     before = "\n".join(err[:first_round])
     assert err[0].startswith("autofednlp: experiment 'default' (fixed, 2 rounds): starting")
-    for stage in ("loading model", "tokenizing 120 samples (max 32 tokens) [####", "data: "):
+    for stage in ("loading model", "tokenizing 120 samples (max 31 tokens) [####", "data: "):
         assert stage in before, before
     assert "starting the in-process engine" in before
     # the target is at the majority-class accuracy of this split: said before it is used
