@@ -119,3 +119,20 @@ def test_progress_says_what_happens_before_round_1(tiny_model_dir, tmp_path, cap
     # the target is at the majority-class accuracy of this split: said before it is used
     assert "yardstick: always predicting the most frequent class scores 0.250" in before
     assert "warning: federation.target_accuracy = 0.3 is near the majority-class" in before
+
+
+def test_a_cache_hit_says_so_instead_of_a_tokenizing_bar(tiny_model_dir, tmp_path, capfd):
+    from autofednlp.config import DataConfig
+    from autofednlp.data.federated import clear_memory_cache, load_federated_data
+    from autofednlp.report import progress
+
+    cfg = DataConfig(max_samples=60, max_length=30, num_clients=2)
+    old = progress.set_mode("lines")
+    try:
+        load_federated_data(cfg, tiny_model_dir, 0, cache_dir=tmp_path)
+        assert "tokenizing 60 samples (max 30 tokens)" in capfd.readouterr().err
+        clear_memory_cache()
+        load_federated_data(cfg, tiny_model_dir, 0, cache_dir=tmp_path)
+        assert "tokenized data read from the cache" in capfd.readouterr().err
+    finally:
+        progress.set_mode(old)
