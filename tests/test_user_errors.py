@@ -116,6 +116,7 @@ def test_progress_says_what_happens_before_round_1(tiny_model_dir, tmp_path, cap
     for stage in ("loading model", "tokenizing 120 samples (max 31 tokens) [####", "data: "):
         assert stage in before, before
     assert "starting the in-process engine" in before
+    assert "round 1: 3 clients training" in before
     # the target is at the majority-class accuracy of this split: said before it is used
     assert "yardstick: always predicting the most frequent class scores 0.250" in before
     assert "warning: federation.target_accuracy = 0.3 is near the majority-class" in before
