@@ -106,15 +106,34 @@ def test_dropped_rows_are_counted_and_reported(tiny_model_dir, tmp_path, capfd):
 
 
 def test_progress_says_what_happens_before_round_1(tiny_model_dir, tmp_path, capfd):
-    sets = _sets(tiny_model_dir, "federation.target_accuracy=0.3")
+    # a max_length no other test uses: the tokenized data is not in the session's cache yet
+    sets = _sets(tiny_model_dir, "federation.target_accuracy=0.3", "data.max_length=31")
     assert main(["run", *sets, "--run-dir", str(tmp_path / "r")]) == 0
     err = capfd.readouterr().err.splitlines()
     first_round = next(i for i, line in enumerate(err) if line.startswith("round   1/2"))
     before = "\n".join(err[:first_round])
     assert err[0].startswith("autofednlp: experiment 'default' (fixed, 2 rounds): starting")
-    for stage in ("loading model", "tokenizing 120 samples (max 32 tokens) [####", "data: "):
+    for stage in ("loading model", "tokenizing 120 samples (max 31 tokens) [####", "data: "):
         assert stage in before, before
     assert "starting the in-process engine" in before
+    assert "round 1: 3 clients training" in before
     # the target is at the majority-class accuracy of this split: said before it is used
     assert "yardstick: always predicting the most frequent class scores 0.250" in before
     assert "warning: federation.target_accuracy = 0.3 is near the majority-class" in before
+
+
+def test_a_cache_hit_says_so_instead_of_a_tokenizing_bar(tiny_model_dir, tmp_path, capfd):
+    from autofednlp.config import DataConfig
+    from autofednlp.data.federated import clear_memory_cache, load_federated_data
+    from autofednlp.report import progress
+
+    cfg = DataConfig(max_samples=60, max_length=30, num_clients=2)
+    old = progress.set_mode("lines")
+    try:
+        load_federated_data(cfg, tiny_model_dir, 0, cache_dir=tmp_path)
+        assert "tokenizing 60 samples (max 30 tokens)" in capfd.readouterr().err
+        clear_memory_cache()
+        load_federated_data(cfg, tiny_model_dir, 0, cache_dir=tmp_path)
+        assert "tokenized data read from the cache" in capfd.readouterr().err
+    finally:
+        progress.set_mode(old)

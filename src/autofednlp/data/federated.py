@@ -274,7 +274,9 @@ def load_federated_data(
         return _memory_cache[key]
     path = Path(cache_dir or default_cache_dir()).expanduser() / f"federated-{key[:24]}.pt"
     data = _read_cache(path, key)
-    if data is None:
+    if data is not None:
+        show.note(f"tokenized data read from the cache ({path})")
+    else:
         data = _build(cfg, tokenizer_path, seed)
         _write_cache(path, key, data)
         # map the written copy rather than hold the built one (falls back if it was not written)

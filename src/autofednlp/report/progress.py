@@ -103,6 +103,19 @@ class ProgressPrinter:
         self.metric = metric
         self.bytes = 0
         self.best: float | None = None
+        self._started = False
+
+    def round_started(self, server_round: int, clients: int) -> None:
+        """Said once, before the first round of this process: on a cold engine that round
+        also starts the workers and loads the model in each, a minute of silence otherwise."""
+        if self.mode == "lines" and not self._started:
+            print(
+                f"autofednlp: round {server_round}: {clients} clients training (the first round "
+                "also starts the workers)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._started = True
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.bytes += row["bytes_up"] + row["bytes_down"]

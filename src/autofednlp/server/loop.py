@@ -272,6 +272,7 @@ class FederatedRun:
             for spec, state, clients in groups
             for pid in clients
         ]
+        self.progress.round_started(server_round, len(tasks))
         delivery = self.transport.train(tasks)
         by_pid = {r.partition_id: r for r in delivery.replies}
         results = []
