@@ -48,7 +48,6 @@ STRATEGIES = ("fixed", "autofed")
 WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -256,6 +255,9 @@ class CostConfig:
             )
         _check_min(self, "cost", 0, "upload_mb_per_s", "download_mb_per_s", strict=True)
         _check_min(self, "cost", 0, "compute_watts", "transmit_watts")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
