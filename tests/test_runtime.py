@@ -159,8 +159,18 @@ def test_the_simulation_engine_message_names_the_gpu_share():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("command", ["bench", "profile"])
-def test_asking_for_cuda_without_it_exits_2_with_one_line(command, capsys):
-    assert main([command, "--device", "cuda"]) == 2
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "--device", "cuda"], "--device = 'cuda': no CUDA here"),
+        (["profile", "--device", "cuda:1"], "--device = 'cuda:1': no CUDA here"),
+        (["run", "--set", "runtime.device=cuda"], "runtime.device = 'cuda': no CUDA here"),
+    ],
+)
+def test_asking_for_cuda_without_it_exits_2_with_one_line(argv, fragment, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    extra = ["--run-dir", str(run_dir)] if argv[0] == "run" else []
+    assert main([*argv, *extra]) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
-    assert len(err) == 1 and "--device = 'cuda': no CUDA here" in err[0], err
+    assert len(err) == 1 and fragment in err[0], err
+    assert not run_dir.exists()  # stopped before anything was written

@@ -60,7 +60,6 @@ TASK_METRICS = {
     "classification": ("accuracy", "macro_f1"),
     "tagging": ("f1", "precision", "recall", "accuracy"),
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -349,6 +348,9 @@ class CostConfig:
             )
         _check_min(self, "cost", 0, "upload_mb_per_s", "download_mb_per_s", strict=True)
         _check_min(self, "cost", 0, "compute_watts", "transmit_watts")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
