@@ -74,6 +74,7 @@ def test_cli_run_on_flower_simulation_engine(tmp_path):
         "--set", "federation.clients_per_round=4",
         "--set", "federation.rounds=2",
         "--set", "federation.target_accuracy=0.5",
+        "--set", "federation.target_hold=1",  # 2 rounds: the first reading at 0.5 counts
         "--run-dir", str(run_dir),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
