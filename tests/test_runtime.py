@@ -164,7 +164,10 @@ def test_the_simulation_engine_message_names_the_gpu_share():
     [
         (["bench", "--device", "cuda"], "--device = 'cuda': no CUDA here"),
         (["profile", "--device", "cuda:1"], "--device = 'cuda:1': no CUDA here"),
-        (["run", "--set", "runtime.device=cuda"], "runtime.device = 'cuda': no CUDA here"),
+        (
+            ["run", "--quiet", "--set", "runtime.device=cuda"],
+            "runtime.device = 'cuda': no CUDA here",
+        ),
     ],
 )
 def test_asking_for_cuda_without_it_exits_2_with_one_line(argv, fragment, tmp_path, capsys):
