@@ -279,20 +279,28 @@ def plot(results: list[dict], analysis: list[dict], column: str, out: Path) -> l
         runs = [r for r in runs if r["seed"] == seed]
         fig, ax = plt.subplots(figsize=(9, 5.5))
         cmap = plt.get_cmap("tab10")
+        # AutoFedNLP variants bold and distinct from each other; fixed runs thin
+        auto_styles = iter(
+            [("black", "-", "o"), ("tab:purple", "-.", "s"), ("tab:brown", "-", "^")]
+        )
         for i, r in enumerate(runs):
             pts = served_curve(r["rows"], column)
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            auto = r["family"] == "autofed"
+            if r["family"] == "autofed":
+                color, style, marker = next(auto_styles)
+                width = 2.4
+            else:
+                color, style, marker, width = cmap(i % 10), ("--" if i % 2 else ":"), None, 1.3
             ax.plot(
                 xs,
                 ys,
-                color="black" if auto else cmap(i % 10),
-                linestyle="-" if auto else ("--" if i % 2 else ":"),
-                linewidth=2.4 if auto else 1.3,
+                color=color,
+                linestyle=style,
+                linewidth=width,
                 label=r["method"],
-                marker="o" if auto else None,
+                marker=marker,
                 markersize=3,
             )
         targets = sorted(
