@@ -198,3 +198,27 @@ def test_growth_starts_from_fresh_capacity_after_a_candidate_lost(tiny_model_dir
     grown = run.grow(run.state, run.spec, deeper)
     ups = [v for k, v in grown.items() if "adapter_up" in k and ".0." in k]  # the new layer
     assert ups and all(torch.count_nonzero(v) == 0 for v in ups)
+
+
+def test_a_new_run_in_a_reused_directory_pays_its_own_cache_fills(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A killed run leaves its activation cache (for --resume); a fresh run in the same
+    directory must not be charged hits where it should pay fills."""
+    import shutil
+
+    from small_run import small_config
+
+    import autofednlp.run as run_mod
+
+    cfg = small_config(tiny_model_dir, tmp_path, "tune.depth=1", "tune.width=8")
+    rd = tmp_path / "same"
+    with monkeypatch.context() as m:  # the first run keeps its cache, as a killed one does
+        m.setattr(run_mod.shutil, "rmtree", lambda *a, **k: None)
+        first = run_mod.run_experiment(cfg, str(rd), progress=False)
+    misses = [int(r["cache_misses"]) for r in csv.DictReader(open(rd / "rounds.csv"))]
+    assert misses[0] > 0
+    shutil.rmtree(rd)
+    again = run_mod.run_experiment(cfg, str(rd), progress=False)
+    assert [int(r["cache_misses"]) for r in csv.DictReader(open(rd / "rounds.csv"))] == misses
+    assert again["sim_time_s"] == pytest.approx(first["sim_time_s"])

@@ -127,6 +127,7 @@ def run_experiment(
         preflight(cfg)
         rd = _claim(cfg, rd, run_dir is None)
         show.note(f"writing results to {rd}")
+        _clear_stale_cache(cfg, rd)
         return _run_and_clean(cfg, rd, progress, None)
     finally:
         show.set_mode(old)
@@ -257,6 +258,16 @@ def _extend(
     (rd / "summary.json").unlink(missing_ok=True)
     show.note(f"extending the run from {before} to {rounds} rounds (recorded in extended.json)")
     return cfg
+
+
+def _clear_stale_cache(cfg: ExperimentConfig, rd: Path) -> None:
+    """Activation caches are scoped by run directory: a killed run's cache, left for its
+    --resume, must not serve a *new* run in the same directory, which would then be charged
+    hits where it should pay fills (its simulated time would be too low)."""
+    from autofednlp.client.worker import cache_root
+    from autofednlp.server.loop import run_id_for
+
+    shutil.rmtree(cache_root(cfg) / run_id_for(rd), ignore_errors=True)
 
 
 def _run_and_clean(
