@@ -110,29 +110,19 @@ def test_only_served_readings_count_and_a_spike_must_hold():
 
 
 def _cfg(tiny_model_dir, tmp_path, *extra):
-    from autofednlp.config import load_config
+    """test_autofed's small AutoFedNLP run (160 samples, 12 clients, 6 a round, d=1 w=8),
+    with robust trials that start at once: every reading is a stall."""
+    from test_autofed import _cfg as autofed_cfg
 
-    return load_config(
-        None,
-        [
-            f'model.name="{tiny_model_dir}"',
-            "data.max_samples=160",
-            "data.max_length=32",
-            "data.num_clients=12",
-            "federation.clients_per_round=6",
-            "federation.rounds=7",
-            "federation.engine=inprocess",
-            "strategy.name=autofed",
-            "strategy.max_width=16",
-            "strategy.patience=1",
-            "strategy.min_delta=1.0",  # every reading is a stall: trials come at once
-            "strategy.trial_every=0",
-            "strategy.trial_rounds=2",
-            "tune.depth=1",
-            "tune.width=8",
-            f'output_dir="{tmp_path}"',
-            *extra,
-        ],
+    return autofed_cfg(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=7",
+        "strategy.patience=1",
+        "strategy.min_delta=1.0",
+        "strategy.trial_every=0",
+        "strategy.trial_rounds=2",
+        *extra,
     )
 
 
