@@ -15,6 +15,7 @@ from autofednlp.report.results import time_to_target
 from autofednlp.server.policies import (
     GroupOutcome,
     StallDetector,
+    TrialSchedule,
     overlay,
     paired_evidence,
     pick_paired,
@@ -36,6 +37,44 @@ def test_stall_needs_patience_readings_without_a_real_gain():
     assert not s.stalled
     s.observe(0.72)
     assert s.since_gain == 0 and s.best == 0.72
+
+
+def _rounds_until_due(schedule, stall_readings=None):
+    """Exploit rounds until `schedule` calls a trial, the served model climbing steadily (no
+    stall) unless `stall_readings` are given."""
+    best = stall_readings[0] if stall_readings else 0.0
+    stall = StallDetector(patience=schedule.patience, min_delta=0.005, best=best)
+    for since in range(1, 100):
+        stall.observe(stall_readings[since - 1] if stall_readings else 0.01 * since)
+        if schedule.due(since, stall):
+            return since
+    return None
+
+
+@pytest.mark.parametrize(
+    "history, every, stall_patience",
+    [
+        ([], 4, 3),  # the base cadence
+        ([True], 2, 2),  # a growth just paid: look again sooner
+        ([False], 8, 6),  # keep won: wait longer
+        ([False, False, False], 16, 12),  # backs off up to 4x
+        ([False, False, True], 2, 2),  # a growth resets the back-off
+    ],
+)
+def test_trial_schedule_follows_the_returns_of_past_trials(history, every, stall_patience):
+    schedule = TrialSchedule(every=4, patience=3, backoff=2.0)
+    for grew in history:
+        schedule.after_trial(grew)
+    assert _rounds_until_due(schedule) == every
+    flat = [0.5] * 40  # no gain at all: the stall rule fires first
+    assert _rounds_until_due(TrialSchedule(0, 3, 2.0, scale=schedule.scale), flat) == stall_patience
+
+
+def test_trial_schedule_with_backoff_1_is_a_fixed_cadence():
+    schedule = TrialSchedule(every=4, patience=3, backoff=1.0)
+    for grew in (True, False, False):
+        schedule.after_trial(grew)
+        assert _rounds_until_due(schedule) == 4
 
 
 def _losses(seed, n=300):

@@ -274,6 +274,12 @@ class StrategyConfig:
         "stall (while it still climbs, a candidate may climb faster per second); 0 = only on "
         "stalls",
     )
+    trial_backoff: float = _f(
+        2.0,
+        "robust: after keep wins a trial, the waits for the next one (trial_every, patience) "
+        "grow by this factor (up to 4x); after a candidate wins they shrink to 1/factor of "
+        "the base; 1 = a fixed cadence",
+    )
     confidence_z: float = _f(
         1.64,
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
@@ -323,6 +329,7 @@ class StrategyConfig:
         _check_min(self, "strategy", 0, "max_depth", "min_delta", "confidence_z", "trial_every")
         _check_min(self, "strategy", 1, "patience")
         _check_min(self, "strategy", 0, "trial_base_s", strict=True)
+        _check_min(self, "strategy", 1, "trial_backoff")
 
 
 @dataclass(frozen=True)

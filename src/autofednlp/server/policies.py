@@ -156,6 +156,36 @@ class StallDetector:
         self.since_gain = 0
 
 
+@dataclass
+class TrialSchedule:
+    """When the next robust trial is due: after `every` rounds of the current configuration,
+    or after `patience` stalled evaluations, both scaled by `scale`.
+
+    A trial is an investment: its rounds last as long as the slowest candidate, and the served
+    model trains beside capacity it may not keep. So the schedule follows the returns. After a
+    candidate wins, the next trial comes sooner (scale 1/backoff), since the next step of a
+    growth that just paid often pays too; after `keep` wins, the next one comes later (scale x
+    backoff, up to `max_scale`), since trials that keep nothing cost time for nothing.
+    `backoff = 1` gives a fixed cadence.
+    """
+
+    every: int
+    patience: int
+    backoff: float
+    max_scale: float = 4.0
+    scale: float = 1.0
+
+    def due(self, since_trial: int, stall: StallDetector) -> bool:
+        periodic = self.every > 0 and since_trial >= math.ceil(self.every * self.scale)
+        return periodic or stall.since_gain >= math.ceil(self.patience * self.scale)
+
+    def after_trial(self, grew: bool) -> None:
+        if grew:
+            self.scale = 1.0 / self.backoff
+        else:
+            self.scale = min(max(self.scale, 1.0) * self.backoff, self.max_scale)
+
+
 def shared_average(
     keep: dict[str, torch.Tensor], updates: list[tuple[dict[str, torch.Tensor], float]]
 ) -> dict[str, torch.Tensor]:

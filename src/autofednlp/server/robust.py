@@ -7,7 +7,8 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
 
 - The current configuration trains with every sampled client, like a fixed configuration,
   until its served target metric (accuracy; entity F1 for tagging) stalls (`StallDetector`)
-  or `trial_every` rounds have passed; then a trial starts.
+  or `trial_every` rounds have passed; then a trial starts. Both waits follow the returns of
+  past trials (`TrialSchedule`): shorter after a growth, longer after `keep` won.
 - In a trial each sampled client trains one candidate (keep, deeper, wider), all grown from the
   current weights. The current configuration's tensors are the leading slice of every
   candidate's, and that shared trunk is averaged over every group's clients each round
@@ -27,6 +28,7 @@ from typing import Any
 from autofednlp.server.autofed import AutoFedRun, Group
 from autofednlp.server.policies import (
     StallDetector,
+    TrialSchedule,
     candidate_policy,
     overlay,
     paired_evidence,
@@ -41,11 +43,13 @@ class RobustAutoFedRun(AutoFedRun):
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
         policy = candidate_policy(st, self.model_for(self.spec).num_layers)
+        schedule = TrialSchedule(st.trial_every, st.patience, st.trial_backoff)
         saved = getattr(self, "_resumed_strategy", None)
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
             stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
             since_trial = saved["since_trial"]
+            schedule.scale = saved.get("schedule_scale", 1.0)
         else:
             start = self.evaluate("validation")[0]
             trajectory, trial, since_trial = [], 0, 0
@@ -59,16 +63,17 @@ class RobustAutoFedRun(AutoFedRun):
                 "best": stall.best,
                 "since_gain": stall.since_gain,
                 "since_trial": since_trial,
+                "schedule_scale": schedule.scale,
             }
 
         while server_round < fed.rounds:
             candidates = policy(self.spec)
-            due = st.trial_every > 0 and since_trial >= st.trial_every
-            if (stall.stalled or due) and len(candidates) > 1:
+            if schedule.due(since_trial, stall) and len(candidates) > 1:
                 trial += 1
                 server_round, entry = self._trial(trial, candidates, server_round, stall)
                 trajectory.append(entry)
                 self.recorder.trial(entry)
+                schedule.after_trial(grew=entry["winner"] != "keep")
                 stall.restart()
                 since_trial = 0
                 if fed.checkpoint_every > 0:
