@@ -203,3 +203,18 @@ def test_a_file_valid_only_with_the_run_config_is_accepted(tmp_path):
     run_config, given = _as_flower_passes_it(f"config='{exp}' federation.clients_per_round=3")
     cfg = experiment_from_run_config(run_config, given)
     assert (cfg.data.num_clients, cfg.federation.clients_per_round) == (3, 3)
+
+
+def test_extra_simulated_supernodes_stay_idle(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+    from test_deployment import IdentityGrid
+
+    import autofednlp.server.app as server_app
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    monkeypatch.setattr(server_app, "InMemoryGrid", IdentityGrid)
+    cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=2"])
+    grid = IdentityGrid({10 + i: i for i in range(5)})  # 5 virtual SuperNodes, 3 clients
+    transport = server_app.GridTransport(grid, cfg, ["a", "b"], start_wait_s=0)
+    assert sorted(transport.available_partitions()) == [0, 1, 2]

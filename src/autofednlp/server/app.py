@@ -67,6 +67,8 @@ class GridTransport:
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.clients: dict[int, dict[str, Any]] = {}  # partition id -> what clients.json shows
         self.unidentified: dict[int, str] = {}  # node id -> why it did not identify itself
+        # a simulated federation larger than the experiment: its extra nodes stay idle
+        self.simulated = isinstance(grid, InMemoryGrid)
         self._started = False
 
     def wait_for_nodes(self, poll_s: float = 2.0) -> None:
@@ -151,7 +153,10 @@ class GridTransport:
         alive = list(self.grid.get_node_ids())
         self._discover(alive)
         alive_set = set(alive)
-        return [pid for pid, nid in self.node_of.items() if nid in alive_set]
+        pids = [pid for pid, nid in self.node_of.items() if nid in alive_set]
+        if self.simulated:
+            pids = [pid for pid in pids if pid < self.cfg.data.num_clients]
+        return pids
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
         msgs, pid_of = [], {}
