@@ -312,6 +312,12 @@ def run_submitted(grid: Grid, context: Context) -> None:
         dict(context.run_config), given_keys(grid), submitted_app_dir(grid)
     )
     check_federation_size(cfg, simulated_supernodes(grid))
+    if cfg.federation.engine != "simulation":
+        log.warning(
+            "federation.engine = %r is `autofednlp run`'s choice; `flwr run` runs on Flower's "
+            "engine",
+            cfg.federation.engine,
+        )
     summary = run_experiment(
         cfg, progress="lines", run_on=lambda c, rd, p, r: _serve(grid, c, rd, p, r)
     )
