@@ -106,12 +106,14 @@ def _describe_data(cfg: ExperimentConfig, data: Any) -> None:
 # Why `autofednlp run` still calls a deprecated Flower function (checked in flwr 1.42.0's
 # sources): `flwr.simulation.run_simulation` is the only public way to run the simulation
 # engine inside this process with apps bound to our configuration, a resume checkpoint and our
-# signal handling. The supported route, `flwr run .`, goes through a SuperLink that starts a
-# separate `flwr-simulation` process (which calls the private `_run_simulation`); that route
-# works for this app too (README, "Simulating with `flwr run`"). Flower's notice says the
-# function "will be removed in a future version" without naming one, so flwr stays pinned
-# (==1.42.0, pyproject.toml); moving `autofednlp run` onto a SuperLink it starts itself is the
-# way off it when the pin moves.
+# signal handling. The other names `flwr.simulation` exports are no in-process route:
+# `start_simulation` is the legacy API (deprecated since 1.13), and `run_simulation_process` is
+# the `flwr-simulation` process that a SuperLink started with `--simulation` launches, taking
+# its run from that SuperLink's Runtime API (it then calls the private `_run_simulation`). That
+# supported route is `flwr run .`, and it works for this app too (README, "Two routes"; a test
+# checks it reproduces this one). Flower's notice says the function "will be removed in a
+# future version" without naming one, so flwr stays pinned (==1.42.0, pyproject.toml); moving
+# `autofednlp run` onto a SuperLink it starts itself is the way off it when the pin moves.
 RUN_SIMULATION_DEPRECATED = "`run_simulation` function is deprecated"
 
 
