@@ -218,3 +218,29 @@ def test_extra_simulated_supernodes_stay_idle(monkeypatch):
     grid = IdentityGrid({10 + i: i for i in range(5)})  # 5 virtual SuperNodes, 3 clients
     transport = server_app.GridTransport(grid, cfg, ["a", "b"], start_wait_s=0)
     assert sorted(transport.available_partitions()) == [0, 1, 2]
+
+
+def test_flowers_run_simulation_banner_becomes_one_line(capsys):
+    import logging
+
+    from autofednlp.report import progress
+    from autofednlp.run import _shorten_run_simulation_notice
+
+    old = progress.set_mode("lines")
+    try:
+        banner = logging.LogRecord(
+            "flwr",
+            logging.WARNING,
+            "",
+            0,
+            "DEPRECATED FEATURE: %s",
+            ("The `run_simulation` function is deprecated and will be removed ...",),
+            None,
+        )
+        other = logging.LogRecord("flwr", logging.WARNING, "", 0, "something else", (), None)
+        assert _shorten_run_simulation_notice(banner) is False  # Flower's banner is dropped
+        assert _shorten_run_simulation_notice(other) is True
+    finally:
+        progress.set_mode(old)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "pinned to 1.42.0" in err[0] and "flwr run ." in err[0]
