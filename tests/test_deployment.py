@@ -179,17 +179,17 @@ def test_pyproject_is_a_valid_flower_app():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     valid, errors, _ = validate_config(config, check_module=True, project_dir=REPO)
     assert valid, errors
-    assert config["tool"]["flwr"]["app"]["config"] == {"config": "", "set": ""}
+    assert config["tool"]["flwr"]["app"]["config"]["config"] == ""  # the experiment file
     assert "federations" not in config["tool"]["flwr"]  # `flwr run` would rewrite the file
 
 
 def test_relative_config_is_read_from_the_submitted_app(tmp_path):
-    from autofednlp.server.app import config_from_run_config
+    from autofednlp.config.runconfig import experiment_from_run_config
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "exp.toml").write_text('name = "from-fab"\n[federation]\nrounds = 7\n')
     run_config = {"config": "configs/exp.toml", "set": "federation.rounds=3; data.max_length=32"}
-    cfg = config_from_run_config(run_config, app_dir=tmp_path)
+    cfg = experiment_from_run_config(run_config, app_dir=tmp_path)
     assert (cfg.name, cfg.federation.rounds, cfg.data.max_length) == ("from-fab", 3, 32)
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,31 @@ def _describe_data(cfg: ExperimentConfig, data: Any) -> None:
         )
 
 
-def _not_run_simulation_deprecation(record: logging.LogRecord) -> bool:
-    # We call `run_simulation` on the user's behalf (in flwr 1.42 it is the in-process route
-    # that takes apps bound to our configuration); its deprecation notice is for us, not them.
-    return "`run_simulation` function is deprecated" not in record.getMessage()
+# Why `autofednlp run` still calls a deprecated Flower function (checked in flwr 1.42.0's
+# sources): `flwr.simulation.run_simulation` is the only public way to run the simulation
+# engine inside this process with apps bound to our configuration, a resume checkpoint and our
+# signal handling. The other names `flwr.simulation` exports are no in-process route:
+# `start_simulation` is the legacy API (deprecated since 1.13), and `run_simulation_process` is
+# the `flwr-simulation` process that a SuperLink started with `--simulation` launches, taking
+# its run from that SuperLink's Runtime API (it then calls the private `_run_simulation`). That
+# supported route is `flwr run .`, and it works for this app too (README, "Two routes"; a test
+# checks it reproduces this one). Flower's notice says the function "will be removed in a
+# future version" without naming one, so flwr stays pinned (==1.42.0, pyproject.toml); moving
+# `autofednlp run` onto a SuperLink it starts itself is the way off it when the pin moves.
+RUN_SIMULATION_DEPRECATED = "`run_simulation` function is deprecated"
+
+
+def _shorten_run_simulation_notice(record: logging.LogRecord) -> bool:
+    # Flower's multi-line banner tells the caller of `run_simulation` (us) to use `flwr run`;
+    # the user gets one line, in each run, that says what it means for them.
+    if RUN_SIMULATION_DEPRECATED not in record.getMessage():
+        return True
+    show.note(
+        "Flower 1.42 marks flwr.simulation.run_simulation, which `autofednlp run` uses, "
+        "deprecated (no removal version announced; flwr is pinned to 1.42.0); "
+        "`flwr run .` is Flower's own route and runs the same experiment (README)"
+    )
+    return False
 
 
 def _quiet_flower() -> None:
@@ -113,14 +135,22 @@ def _quiet_flower() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_log = logging.getLogger("flwr")
     flwr_log.setLevel(logging.WARNING)
-    if _not_run_simulation_deprecation not in flwr_log.filters:
-        flwr_log.addFilter(_not_run_simulation_deprecation)
+    if _shorten_run_simulation_notice not in flwr_log.filters:
+        flwr_log.addFilter(_shorten_run_simulation_notice)
+
+
+# runs an experiment into a claimed run directory: (cfg, run dir, progress, resume) -> summary
+Engine = Callable[[ExperimentConfig, Path, str | bool, dict | None], dict[str, Any]]
 
 
 def run_experiment(
-    cfg: ExperimentConfig, run_dir: str | None = None, progress: str | bool = "lines"
+    cfg: ExperimentConfig,
+    run_dir: str | None = None,
+    progress: str | bool = "lines",
+    run_on: Engine | None = None,
 ) -> dict[str, Any]:
-    """Run `cfg` on its configured engine and return the summary."""
+    """Run `cfg` on its configured engine (or `run_on`: the ServerApp that `flwr run`
+    started) and return the summary."""
     old = show.set_mode(progress)
     try:
         rd = new_run_dir(cfg, run_dir, create=False)
@@ -128,7 +158,7 @@ def run_experiment(
         rd = _claim(cfg, rd, run_dir is None)
         show.note(f"writing results to {rd}")
         _clear_stale_cache(cfg, rd)
-        return _run_and_clean(cfg, rd, progress, None)
+        return _run_and_clean(cfg, rd, progress, None, run_on or _run_on_engine)
     finally:
         show.set_mode(old)
 
@@ -214,7 +244,7 @@ def resume_experiment(
         except BaseException:
             unlock_run_dir(rd)
             raise
-        return _run_and_clean(cfg, rd, progress, ckpt)
+        return _run_and_clean(cfg, rd, progress, ckpt, _run_on_engine)
     finally:
         show.set_mode(old)
 
@@ -271,7 +301,7 @@ def _clear_stale_cache(cfg: ExperimentConfig, rd: Path) -> None:
 
 
 def _run_and_clean(
-    cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None
+    cfg: ExperimentConfig, rd: Path, progress: str | bool, resume: dict | None, run_on: Engine
 ) -> dict[str, Any]:
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
@@ -279,7 +309,7 @@ def _run_and_clean(
     global active_run_dir
     active_run_dir = rd
     try:
-        summary = _run_on_engine(cfg, rd, progress, resume)
+        summary = run_on(cfg, rd, progress, resume)
     finally:
         active_run_dir = None
         unlock_run_dir(rd)

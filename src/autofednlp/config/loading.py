@@ -107,22 +107,26 @@ def from_dict(table: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, table, "")
 
 
+def read_table(path: str | Path | None) -> dict[str, Any]:
+    """An experiment TOML file as a table, not yet checked (None: an empty table)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory, not a TOML file")
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a TOML experiment file (or the defaults when `path` is None) and apply overrides."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"config file {str(p)!r} is a directory, not a TOML file")
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            table = tomllib.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
-    return from_dict(apply_overrides(table, list(overrides)))
+    return from_dict(apply_overrides(read_table(path), list(overrides)))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.common.config import get_project_dir
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
-from autofednlp.config import ExperimentConfig, load_config, to_toml
+from autofednlp.config import ConfigError, ExperimentConfig, to_toml
 from autofednlp.report.results import new_run_dir
 from autofednlp.server import make_run
 from autofednlp.server.loop import Delivery, TrainReply, TrainTask
@@ -65,6 +67,8 @@ class GridTransport:
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.clients: dict[int, dict[str, Any]] = {}  # partition id -> what clients.json shows
         self.unidentified: dict[int, str] = {}  # node id -> why it did not identify itself
+        # a simulated federation larger than the experiment: its extra nodes stay idle
+        self.simulated = isinstance(grid, InMemoryGrid)
         self._started = False
 
     def wait_for_nodes(self, poll_s: float = 2.0) -> None:
@@ -149,7 +153,10 @@ class GridTransport:
         alive = list(self.grid.get_node_ids())
         self._discover(alive)
         alive_set = set(alive)
-        return [pid for pid, nid in self.node_of.items() if nid in alive_set]
+        pids = [pid for pid, nid in self.node_of.items() if nid in alive_set]
+        if self.simulated:
+            pids = [pid for pid in pids if pid < self.cfg.data.num_clients]
+        return pids
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
         msgs, pid_of = [], {}
@@ -225,20 +232,100 @@ def submitted_app_dir(grid: Grid) -> Path | None:
         return None
 
 
-def config_from_run_config(
-    run_config: dict[str, Any], app_dir: Path | None = None
-) -> ExperimentConfig:
-    """Deployment: `flwr run . --run-config 'config="exp.toml" set="federation.rounds=3"'`.
+def given_keys(grid: Grid) -> set[str] | None:
+    """The run config keys the user set with `flwr run --run-config`; None if unknown."""
+    try:
+        return set(grid.run.override_config)
+    except Exception:  # no run set (a test's grid)
+        return None
 
-    A relative `config` is looked up in the submitted app first (`configs/x.toml` is the file
-    the user packed, wherever the SuperLink was started), then in the working directory.
-    """
-    path = str(run_config.get("config", "")) or None
-    if path and app_dir is not None and not Path(path).is_absolute():
-        if (app_dir / path).is_file():
-            path = str(app_dir / path)
-    overrides = [s for s in str(run_config.get("set", "")).split(";") if s.strip()]
-    return load_config(path, overrides)
+
+def simulated_supernodes(grid: Grid, settle_s: float = 0.5, max_wait_s: float = 30.0) -> int | None:
+    """How many virtual SuperNodes Flower's simulation engine runs; None on the deployment
+    engine, where devices join over time. The engine registers its nodes right after it starts
+    the ServerApp, all at once: the count is read once it holds still."""
+    if not isinstance(grid, InMemoryGrid):
+        return None
+    last, deadline = -1, time.monotonic() + max_wait_s
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if (n == last and n > 0) or time.monotonic() >= deadline:
+            return n
+        last = n
+        time.sleep(settle_s)
+
+
+def check_federation_size(cfg: ExperimentConfig, supernodes: int | None) -> None:
+    """A simulated federation must have a SuperNode for every client of the experiment.
+
+    Flower's default local federation has 2; waiting for more would wait forever. Extra
+    SuperNodes are left idle (their partition ids lie past `data.num_clients`)."""
+    want = cfg.data.num_clients
+    if supernodes is None or supernodes >= want:
+        return
+    raise ConfigError(
+        f"data.num_clients = {want}: the simulated federation has {supernodes} SuperNodes; "
+        f'run `flwr run . --federation-config "num-supernodes={want}"` (or once: `flwr '
+        f"federation simulation-config <federation> <superlink> --num-supernodes {want}`), "
+        f"or lower data.num_clients"
+    )
+
+
+def _one_line_config_errors(record: logging.LogRecord) -> bool:
+    """Flower logs a failed app's exception with its traceback; a user mistake (ConfigError)
+    is one line naming the field, so it is logged as that line."""
+    exc = record.exc_info[1] if record.exc_info else None
+    while exc is not None and not isinstance(exc, ConfigError):
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, ConfigError):
+        record.msg, record.args, record.exc_info = f"{record.getMessage()}: {exc}", (), None
+    return True
+
+
+def _serve(
+    grid: Grid,
+    cfg: ExperimentConfig,
+    rd: Path,
+    progress: str | bool,
+    resume: dict | None,
+) -> dict[str, Any]:
+    from autofednlp.client.worker import client_data
+
+    data = client_data(cfg)
+    transport = GridTransport(grid, cfg, data.label_names, clients_file=rd / "clients.json")
+    if resume:
+        transport.restore(resume["rows"])
+    return make_run(cfg, data, transport, rd, progress, resume).run()
+
+
+def run_submitted(grid: Grid, context: Context) -> None:
+    """`flwr run .`: build the experiment from the run config, refuse a simulated federation
+    too small for it, then run it as `autofednlp run` would (same checks, run directory,
+    lock and results), printing the run directory's absolute path."""
+    from autofednlp.config.runconfig import experiment_from_run_config
+    from autofednlp.run import run_experiment
+
+    flwr_log = logging.getLogger("flwr")
+    if _one_line_config_errors not in flwr_log.filters:
+        flwr_log.addFilter(_one_line_config_errors)
+    cfg = experiment_from_run_config(
+        dict(context.run_config), given_keys(grid), submitted_app_dir(grid)
+    )
+    check_federation_size(cfg, simulated_supernodes(grid))
+    if cfg.federation.engine != "simulation":
+        log.warning(
+            "federation.engine = %r is `autofednlp run`'s choice; `flwr run` runs on Flower's "
+            "engine",
+            cfg.federation.engine,
+        )
+    summary = run_experiment(
+        cfg, progress="lines", run_on=lambda c, rd, p, r: _serve(grid, c, rd, p, r)
+    )
+    from autofednlp.cli import format_summary
+
+    # the ServerApp's stderr is what `flwr run --stream` and `flwr log` show; the summary
+    # ends with the run directory's absolute path
+    print(format_summary(summary), file=sys.stderr, flush=True)
 
 
 def make_server_app(
@@ -247,22 +334,22 @@ def make_server_app(
     progress: str | bool = "lines",
     resume: dict | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to `cfg` (simulation), or reading its config from the run config."""
+    """A ServerApp bound to `cfg` (`autofednlp run`: already checked, its run directory
+    claimed), or reading its experiment from the run config (`flwr run`)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        from autofednlp.client.worker import client_data
-
-        c = cfg
-        if c is None:
-            c = config_from_run_config(dict(context.run_config), submitted_app_dir(grid))
-        rd = Path(run_dir if run_dir is not None else new_run_dir(c))
-        data = client_data(c)
-        transport = GridTransport(grid, c, data.label_names, clients_file=rd / "clients.json")
-        if resume:
-            transport.restore(resume["rows"])
-        make_run(c, data, transport, rd, progress, resume).run()
+        if cfg is None:
+            run_submitted(grid, context)
+        else:
+            _serve(
+                grid,
+                cfg,
+                Path(run_dir if run_dir is not None else new_run_dir(cfg)),
+                progress,
+                resume,
+            )
 
     return server_app
 
