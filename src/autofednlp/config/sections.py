@@ -92,9 +92,9 @@ class DataConfig:
     max_length: int = _f(128, "tokens per sample after truncation")
     overlong: str = _f(
         "truncate",
-        "tagging: a sentence longer than max_length tokens is truncate (its words past the "
-        "limit are cut, counted and reported) or refuse (the run stops, naming the sentence's "
-        "file and line or row)",
+        "tagging: what a sentence longer than max_length tokens gets: truncate (its words "
+        "past the limit are cut, counted and reported) or refuse (the run stops before "
+        "training, naming the sentence's file and line or row)",
     )
     max_samples: int = _f(0, "use only this many samples in all (seeded pick); 0 = all")
     validation_fraction: float = _f(0.1, "share held by the server for model selection")
