@@ -49,16 +49,19 @@ def tokenizer(tiny_model_dir):
 
 def test_first_sub_token_carries_the_tag_and_truncation_is_counted(tokenizer):
     words = [["Barack", "Obama", "visited", "Parisville"]]
-    enc, lost = tokenize_words(words, [[1, 2, 0, 3]], tokenizer, max_length=16)
+    enc, cut = tokenize_words(words, [[1, 2, 0, 3]], tokenizer, max_length=16)
     labels, ids = enc["labels"][0], enc["input_ids"][0]
-    assert lost == 0
+    assert cut == [0]
     first = [i for i, y in enumerate(labels.tolist()) if y != IGNORE]
     assert [labels[i].item() for i in first] == [1, 2, 0, 3]
     assert labels[0] == IGNORE  # [CLS]
     # every word begins where its label sits: decoding from there yields the word's start
     assert tokenizer.decode(ids[first[0] : first[1]]).replace(" ", "").lower() == "barack"
-    _, lost = tokenize_words(words, [[1, 2, 0, 3]], tokenizer, max_length=4)
-    assert lost == 2  # [CLS] barack obama [SEP]: "visited" and "Parisville" are cut
+    _, cut = tokenize_words(words, [[1, 2, 0, 3]], tokenizer, max_length=4)
+    assert cut == [2]  # [CLS] barack obama [SEP]: "visited" and "Parisville" are cut
+    # a word the tokenizer maps to nothing (a zero-width space) is not truncation's doing
+    _, cut = tokenize_words([["Anna", "\u200b", "sings"]], [[1, 0, 0]], tokenizer, max_length=4)
+    assert cut == [0]
 
 
 def synthetic_split(n: int = 48, length: int = 10) -> TokenizedSplit:

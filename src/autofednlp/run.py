@@ -62,6 +62,10 @@ def preflight(cfg: ExperimentConfig) -> None:
     _describe_data(cfg, data)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _describe_data(cfg: ExperimentConfig, data: Any) -> None:
     """The data actually used, and the yardstick: the majority-class accuracy."""
     st = getattr(data, "stats", None) or {}
@@ -80,6 +84,14 @@ def _describe_data(cfg: ExperimentConfig, data: Any) -> None:
             show.note(
                 f"data: {st['truncated']} of {total} samples fill all {cfg.data.max_length} "
                 "tokens (longer ones are truncated; data.max_length)"
+            )
+        words = sum(getattr(data, "lost_words", {}).values())
+        if words:
+            show.note(
+                f"data: truncation cut {_count(words, 'word')} from "
+                f"{_count(st.get('cut_sentences', 0), 'sentence')} (neither trained on nor "
+                f"scored); raise data.max_length (now {cfg.data.max_length}), or set "
+                'data.overlong = "refuse" to stop and name the first such sentence'
             )
     else:
         show.note(f"data: {sizes}; {len(data.label_names)} classes")

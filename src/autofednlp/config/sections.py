@@ -50,6 +50,7 @@ BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
 TASKS = ("auto", "classification", "tagging")
+OVERLONG = ("truncate", "refuse")
 # CoNLL-style files (a token per line, its tag in the last column) are tagging data
 CONLL_SUFFIXES = (".conll", ".iob", ".bio", ".txt")
 TAGGING_DATASETS = ("twitter_ner",)
@@ -89,6 +90,12 @@ class DataConfig:
         "labels found in the data",
     )
     max_length: int = _f(128, "tokens per sample after truncation")
+    overlong: str = _f(
+        "truncate",
+        "tagging: what a sentence longer than max_length tokens gets: truncate (its words "
+        "past the limit are cut, counted and reported) or refuse (the run stops before "
+        "training, naming the sentence's file and line or row)",
+    )
     max_samples: int = _f(0, "use only this many samples in all (seeded pick); 0 = all")
     validation_fraction: float = _f(0.1, "share held by the server for model selection")
     test_fraction: float = _f(0.1, "share held out and only reported at the end")
@@ -123,6 +130,7 @@ class DataConfig:
         _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
         _check_min(self, "data", 0, "alpha", strict=True)
         _check_choice("data.task", self.task, TASKS)
+        _check_choice("data.overlong", self.overlong, OVERLONG)
 
     @property
     def task_name(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import tempfile
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from autofednlp.config import DataConfig
+from autofednlp.config import ConfigError, DataConfig
 from autofednlp.data import tokenize
 from autofednlp.data.partition import partition_indices
 from autofednlp.data.sources import Dataset, load_splits, source_fingerprint
@@ -29,7 +28,7 @@ from autofednlp.data.splits import make_splits
 from autofednlp.report import progress as show
 
 # bump when the layout or the meaning of a cached file changes
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 TOKENIZE_CHUNK = 256
 
 _memory_cache: dict[str, FederatedData] = {}
@@ -68,7 +67,8 @@ class FederatedData:
     task: str = "classification"
     # tagging: words per split that got no token (cut by truncation at data.max_length)
     lost_words: dict[str, int] = dataclasses.field(default_factory=dict)
-    # what was read to make these splits: rows read, dropped (by reason), sampled, truncated
+    # what was read to make these splits: rows read, dropped (by reason), sampled, truncated,
+    # and (tagging) sentences that lost words to truncation
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -119,6 +119,10 @@ def fingerprint(cfg: DataConfig, tokenizer_path: str, seed: int) -> str:
         parts.pop("alpha")
     if cfg.partitioner != "shard":
         parts.pop("shards_per_client")
+    # kept for tagging although it does not change the tensors: a cache entry built under
+    # "truncate" must not let a "refuse" run skip its check
+    if cfg.task_name != "tagging":
+        parts.pop("overlong")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -184,13 +188,30 @@ def _read_cache(path: Path, key: str) -> FederatedData | None:
         return None
 
 
-def encode(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, int]:
-    """Token tensors of a dataset, and the number of words truncation cut (tagging)."""
+def encode(ds: Dataset, tokenizer: Any, max_length: int) -> tuple[TokenizedSplit, list[int]]:
+    """Token tensors of a dataset, and (tagging) the words truncation cut from each sentence."""
     if hasattr(ds, "tokens"):  # tagging: a tag per word
-        enc, lost = tokenize.tokenize_words(ds.tokens, ds.tags, tokenizer, max_length)
-        return TokenizedSplit(**enc), lost
+        enc, cut = tokenize.tokenize_words(ds.tokens, ds.tags, tokenizer, max_length)
+        return TokenizedSplit(**enc), cut
     enc = tokenize.tokenize_texts(ds.texts, tokenizer, max_length)
-    return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long)), 0
+    return TokenizedSplit(**enc, labels=torch.tensor(ds.labels, dtype=torch.long)), []
+
+
+def refuse_overlong(ds: Dataset, tokenizer: Any, max_length: int) -> None:
+    """`data.overlong = "refuse"`: a `ConfigError` naming the first sentence of `ds` that needs
+    more than `max_length` tokens, where it came from and how many tokens it needs."""
+    if not hasattr(ds, "tokens"):
+        return
+    found = tokenize.first_overlong(ds.tokens, tokenizer, max_length)
+    if found is None:
+        return
+    i, needed = found
+    where = ds.origins[i] if ds.origins else f"dataset {ds.name!r} sentence {i + 1}"
+    raise ConfigError(
+        f"data.max_length = {max_length}: {where}: the sentence needs {needed} tokens "
+        '(data.overlong = "refuse"); raise data.max_length, or set data.overlong = '
+        '"truncate" to cut its words past the limit'
+    )
 
 
 def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
@@ -209,6 +230,10 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if cfg.overlong == "refuse":
+        # before splitting: the first too-long sentence in the source's order is the one named
+        for ds in named.values():
+            refuse_overlong(ds, tokenizer, cfg.max_length)
     parts = {name: getattr(splits, name) for name in ("train", "validation", "test")}
     total = sum(len(p) for p in parts.values())
     encoded = {}
@@ -216,12 +241,12 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         for name, part in parts.items():
             # in chunks, so the bar moves; one batched call per chunk keeps the fast path
             starts = range(0, len(part), TOKENIZE_CHUNK) or [0]
-            chunks, lost = [], 0
+            chunks, cut = [], []
             for i in starts:
                 piece = part.select(list(range(i, min(i + TOKENIZE_CHUNK, len(part)))))
                 enc, n = encode(piece, tokenizer, cfg.max_length)
                 chunks.append(enc)
-                lost += n
+                cut += n
                 advance(len(piece))
             encoded[name] = (
                 TokenizedSplit(
@@ -230,15 +255,9 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
                         for f in ("input_ids", "attention_mask", "labels")
                     )
                 ),
-                lost,
+                cut,
             )
-    lost = {name: n for name, (_, n) in encoded.items() if n}
-    if lost:
-        logging.getLogger("autofednlp").warning(
-            "data.max_length = %d: truncation cut %s (they are neither trained on nor scored)",
-            cfg.max_length,
-            ", ".join(f"{n} words of {name}" for name, n in lost.items()),
-        )
+    lost = {name: sum(n) for name, (_, n) in encoded.items() if sum(n)}
     dropped: dict[str, int] = {}
     for ds in named.values():
         for why, n in getattr(ds, "dropped", {}).items():
@@ -249,6 +268,7 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         "sampled": total if cfg.max_samples > 0 else None,
         # samples that fill max_length: at or over it
         "truncated": sum(int(t.attention_mask[:, -1].sum()) for t, _ in encoded.values()),
+        "cut_sentences": sum(1 for _, n in encoded.values() for k in n if k),
     }
     return FederatedData(
         **{name: split for name, (split, _) in encoded.items()},

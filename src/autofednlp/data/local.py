@@ -21,6 +21,7 @@ from autofednlp.data.federated import (
     default_cache_dir,
     encode,
     load_cache_file,
+    refuse_overlong,
     save_cache_file,
     split_state,
     tokenizer_fingerprint,
@@ -42,6 +43,7 @@ def device_data_key(cfg: DataConfig, path: str, label_names: Sequence[str], toke
         "task": cfg.task_name,
         "columns": [cfg.text_column, cfg.label_column, cfg.tokens_column, cfg.tags_column],
         "max_length": cfg.max_length,
+        "overlong": cfg.overlong if cfg.task_name == "tagging" else None,
         "labels": list(label_names),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -83,7 +85,10 @@ def load_device_data(
         ds = load_file(file_cfg, FIELD)
         if not hasattr(ds, "tokens"):
             ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
-        split, _ = encode(ds, AutoTokenizer.from_pretrained(tokenizer_path), cfg.max_length)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if cfg.overlong == "refuse":
+            refuse_overlong(ds, tokenizer, cfg.max_length)
+        split, _ = encode(ds, tokenizer, cfg.max_length)
         save_cache_file(cache, {"key": key, **split_state(split)})
     _memory_cache[key] = split
     return split

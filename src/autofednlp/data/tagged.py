@@ -13,6 +13,7 @@ federation is skewed in the entity types its clients see.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class TaggedDataset:
     tags: list[list[int]]
     label_names: list[str]  # tag names, in id order
     name: str
+    # where each sentence came from ("file 'x.conll' line 12", "... row 3"), for errors that
+    # surface after loading (a sentence longer than data.max_length)
+    origins: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -52,6 +56,7 @@ class TaggedDataset:
             [self.tags[i] for i in indices],
             list(self.label_names),
             self.name,
+            [self.origins[i] for i in indices] if self.origins else [],
         )
 
     @staticmethod
@@ -61,6 +66,7 @@ class TaggedDataset:
             [s for p in parts for s in p.tags],
             list(parts[0].label_names),
             parts[0].name,
+            [o for p in parts for o in p.origins] if all(p.origins for p in parts) else [],
         )
 
 
@@ -101,6 +107,7 @@ def read_conll(
         raise ConfigError(f"{field} = {str(path)!r}: {where} is not UTF-8 text") from None
     declared = {name: i for i, name in enumerate(labels)}
     sentences: list[list[tuple[str, str]]] = [[]]
+    starts: list[int] = []  # the line each sentence starts on
     columns = None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -127,6 +134,8 @@ def read_conll(
             raise ConfigError(
                 f"data.labels: {at}: tag {cols[-1]!r} is not in the tag set ({', '.join(labels)})"
             )
+        if not sentences[-1]:
+            starts.append(lineno)
         sentences[-1].append((cols[0], cols[-1]))
     sentences = [s for s in sentences if s]
     if not sentences:
@@ -138,6 +147,7 @@ def read_conll(
         tags=[[tag_id[t] for _, t in s] for s in sentences],
         label_names=names,
         name=p.stem,
+        origins=[f"{where} line {n}" for n in starts],
     )
 
 
@@ -191,7 +201,7 @@ def from_tables(
         where = tables[0][0] if len(tables) == 1 else f"dataset {cfg.dataset!r}"
         raise ConfigError(f"data.dataset = {cfg.dataset!r}: {where} has no tagged sentences")
     names, tags = _tag_ids(raw, class_names or list(cfg.labels), rows)
-    return TaggedDataset(tokens, tags, names, name)
+    return TaggedDataset(tokens, tags, names, name, rows)
 
 
 def _tag_ids(
@@ -243,4 +253,5 @@ def apply_tag_set(ds: TaggedDataset, labels: list[str], where: str) -> TaggedDat
             f"{', '.join(repr(u) for u in unknown[:5])} (tag set: {', '.join(labels)})"
         )
     remap = [index.get(n, -1) for n in ds.label_names]
-    return TaggedDataset(ds.tokens, [[remap[t] for t in s] for s in ds.tags], list(labels), ds.name)
+    tags = [[remap[t] for t in s] for s in ds.tags]
+    return TaggedDataset(ds.tokens, tags, list(labels), ds.name, ds.origins)

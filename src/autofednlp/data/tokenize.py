@@ -40,9 +40,9 @@ IGNORE = -100  # the label of positions the loss and the metrics skip (model/tas
 
 def tokenize_words(
     words: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], tokenizer: Any, max_length: int
-) -> tuple[dict[str, torch.Tensor], int]:
+) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Tagging: `input_ids`, `attention_mask` and per-token `labels` ([N, max_length] each),
-    and the number of words that got no token (cut by truncation, or empty).
+    and for each sentence the number of words truncation at `max_length` cut.
 
     Words are tokenized as given (`is_split_into_words`), so a fast tokenizer's `word_ids()`
     says which word each token came from. The first sub-token of a word carries the word's tag;
@@ -51,12 +51,8 @@ def tokenize_words(
     n = len(words)
     if n == 0:
         empty = torch.zeros((0, max_length), dtype=torch.long)
-        return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}, 0
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(
-            f"model.name: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
-            "tagging needs one (word_ids() aligns tags with sub-tokens)"
-        )
+        return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}, []
+    _require_fast(tokenizer)
     enc = tokenizer(
         [list(w) for w in words],
         is_split_into_words=True,
@@ -67,19 +63,46 @@ def tokenize_words(
         return_tensors="pt",
     )
     labels = torch.full((n, max_length), IGNORE, dtype=torch.long)
-    lost = 0
+    cut = []
+    full = enc["attention_mask"][:, -1].tolist()
     for i, sentence_tags in enumerate(tags):
-        seen: set[int] = set()
+        last = -1
         for pos, w in enumerate(enc.word_ids(i)):
-            if w is not None and w not in seen:
-                seen.add(w)
+            if w is not None and w > last:
+                last = w
                 labels[i, pos] = sentence_tags[w]
-        lost += len(sentence_tags) - len(seen)
+        # words after the last one with a token were cut; a word with no token in the middle
+        # (one the tokenizer maps to nothing) is not truncation's doing
+        cut.append(len(sentence_tags) - 1 - last if full[i] else 0)
     return {
         "input_ids": enc["input_ids"].long(),
         "attention_mask": enc["attention_mask"].long(),
         "labels": labels,
-    }, lost
+    }, cut
+
+
+def first_overlong(
+    words: Sequence[Sequence[str]], tokenizer: Any, max_length: int, chunk: int = 1024
+) -> tuple[int, int] | None:
+    """(index, tokens it needs) of the first sentence that needs more than `max_length` tokens,
+    special tokens included; None if every sentence fits."""
+    _require_fast(tokenizer)
+    for start in range(0, len(words), chunk):
+        piece = [list(w) for w in words[start : start + chunk]]
+        # verbose=False: a sentence past the model's own limit is what we report, in one line
+        ids = tokenizer(piece, is_split_into_words=True, truncation=False, verbose=False)
+        for i, row in enumerate(ids["input_ids"]):
+            if len(row) > max_length:
+                return start + i, len(row)
+    return None
+
+
+def _require_fast(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"model.name: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
+            "tagging needs one (word_ids() aligns tags with sub-tokens)"
+        )
 
 
 def trim_batch(
