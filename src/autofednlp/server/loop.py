@@ -126,7 +126,11 @@ class FederatedRun:
         self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
         self.shape = model_shape(
-            cfg.model.name, data.num_labels, cfg.model.pooling, cfg.data.task_name
+            cfg.model.name,
+            data.num_labels,
+            cfg.model.pooling,
+            cfg.data.task_name,
+            tuple(cfg.tune.lora_targets),
         )
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
@@ -194,6 +198,7 @@ class FederatedRun:
                 cfg.seed,
                 cfg.model.pooling,
                 cfg.data.task_name,
+                tuple(cfg.tune.lora_targets),
             )
             self._init_states[spec] = trainable_state(model)
             self._models[spec] = model.to(self.runtime.device)
