@@ -26,7 +26,6 @@ from autofednlp.model.build import (
     build_model,
     load_trainable,
     model_shape,
-    resolve_model_path,
     state_bytes,
     trainable_state,
 )
@@ -422,8 +421,10 @@ class FederatedRun:
             model,
             self.spec,
             list(self.data.label_names),
-            resolve_model_path(self.cfg.model.name),
+            self.cfg.model.name,
             self.recorder.run_dir / "export",
+            summary,
+            self.cfg,
         )
         # the strategy's last state stays in it: `--resume --set federation.rounds=N` extends
         last_round = max((r["round"] for r in rows), default=0)

@@ -26,6 +26,10 @@ class EncoderFamily:
     lora_targets: ClassVar[tuple[str, ...]]  # default module names LoRA adapts
     layers_pattern: ClassVar[str]  # the name of the layer list, for PEFT's layers_to_transform
     bottleneck: ClassVar[bool] = True  # the `adapters` library supports the family
+    # model type -> (dense, output) modules of its Transformers sequence classifier, where that
+    # classifier is ours with `cls` pooling (first token, dense, tanh, linear): exports use it
+    hf_cls_head: ClassVar[dict[str, tuple[str, str]]] = {}
+    hf_config: ClassVar[dict[str, object]] = {}  # config settings that make it so
 
     def prepare(self, encoder: nn.Module, kind: str) -> None:
         """Adjust a freshly loaded encoder before a tune kind is applied (default: nothing)."""
@@ -55,6 +59,11 @@ class EncoderFamily:
         end: int,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def adapter_fits_base(self, encoder: nn.Module) -> bool:
+        """Whether an adapter trained on `encoder` applies to the pretrained model as published
+        (not when `prepare` changed the layout)."""
+        return True
 
     def relative_positions(self, encoder: nn.Module) -> int:
         """Relative-position embeddings each attention also scores against (DeBERTa); 0 if none."""

@@ -25,6 +25,7 @@ class AlbertFamily(EncoderFamily):
     model_types = ("albert",)
     lora_targets = ("query", "value")
     layers_pattern = "albert_layer_groups"
+    hf_cls_head = {"albert": ("albert.pooler", "classifier")}
 
     def prepare(self, encoder: nn.Module, kind: str) -> None:
         config = encoder.config
@@ -37,6 +38,10 @@ class AlbertFamily(EncoderFamily):
             copy.deepcopy(groups[int(i / per_group)]) for i in range(n)
         )
         config.num_hidden_groups = n
+        encoder.autofednlp_untied = True  # a module attribute: not saved with the config
+
+    def adapter_fits_base(self, encoder: nn.Module) -> bool:
+        return not getattr(encoder, "autofednlp_untied", False)
 
     def embeddings(self, encoder: nn.Module) -> nn.Module:
         return nn.ModuleList([encoder.embeddings, encoder.encoder.embedding_hidden_mapping_in])

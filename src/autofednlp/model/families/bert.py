@@ -19,6 +19,11 @@ class BertFamily(EncoderFamily):
     model_types = ("bert", "roberta", "xlm-roberta", "electra")
     lora_targets = ("query", "value")
     layers_pattern = "layer"
+    hf_cls_head = {  # ELECTRA's classifier uses gelu, not tanh: exported with the bundled class
+        "bert": ("bert.pooler.dense", "classifier"),
+        "roberta": ("classifier.dense", "classifier.out_proj"),
+        "xlm-roberta": ("classifier.dense", "classifier.out_proj"),
+    }
 
     def embeddings(self, encoder: nn.Module) -> nn.Module:
         project = getattr(encoder, "embeddings_project", None)

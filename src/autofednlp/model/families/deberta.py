@@ -17,6 +17,8 @@ class DebertaV2Family(EncoderFamily):
     model_types = ("deberta-v2",)
     lora_targets = ("query_proj", "value_proj")
     layers_pattern = "layer"
+    hf_cls_head = {"deberta-v2": ("pooler.dense", "classifier")}
+    hf_config = {"pooler_hidden_act": "tanh"}  # its ContextPooler's activation is configurable
 
     def embeddings(self, encoder: nn.Module) -> nn.Module:
         """The embeddings and what every layer shares (relative-position embeddings, their
