@@ -99,11 +99,25 @@ def model_shape(
 ) -> ModelShape:
     """The numbers the cost model needs, read from the encoder's own modules."""
     encoder = _pretrained(resolve_model_path(model_name))
+    return shape_of(encoder, num_labels, pooling, task, lora_targets)
+
+
+def shape_of(
+    encoder: nn.Module,
+    num_labels: int,
+    pooling: str = "mean",
+    task: str = "classification",
+    lora_targets: tuple[str, ...] = (),
+) -> ModelShape:
+    """`model_shape` of a loaded encoder."""
     family = family_for(encoder)
     layers = family.layers(encoder)
     dense = sum(m.weight.numel() for m in layers[0].modules() if isinstance(m, nn.Linear))
+    # per-token weights outside the layers: an embedding projection, DeBERTa's convolution
     projection = sum(
-        m.weight.numel() for m in family.embeddings(encoder).modules() if isinstance(m, nn.Linear)
+        m.weight.numel()
+        for m in family.embeddings(encoder).modules()
+        if isinstance(m, nn.Linear | nn.Conv1d)
     )
     targets = lora_targets or family.lora_targets
     try:
@@ -124,6 +138,7 @@ def model_shape(
         lora_dims=lora_dims,
         relative_positions=family.relative_positions(encoder),
         embed_projection=projection,
+        norm_first=family.norm_first,
     )
 
 

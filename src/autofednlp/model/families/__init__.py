@@ -26,6 +26,7 @@ class EncoderFamily:
     lora_targets: ClassVar[tuple[str, ...]]  # default module names LoRA adapts
     layers_pattern: ClassVar[str]  # the name of the layer list, for PEFT's layers_to_transform
     bottleneck: ClassVar[bool] = True  # the `adapters` library supports the family
+    norm_first: ClassVar[bool] = False  # pre-LN layers (the cost model's backward depends on it)
     # model type -> (dense, output) modules of its Transformers sequence classifier, where that
     # classifier is ours with `cls` pooling (first token, dense, tanh, linear): exports use it
     hf_cls_head: ClassVar[dict[str, tuple[str, str]]] = {}

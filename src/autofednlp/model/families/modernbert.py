@@ -21,6 +21,7 @@ class ModernBertFamily(EncoderFamily):
     lora_targets = ("Wqkv",)
     layers_pattern = "layers"
     bottleneck = False
+    norm_first = True
 
     def prepare(self, encoder: nn.Module, kind: str) -> None:
         encoder.config.reference_compile = False
