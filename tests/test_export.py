@@ -136,3 +136,25 @@ def test_export_loads_with_the_libraries_alone_and_predicts_the_same(
     card = (out / "README.md").read_text()
     assert f"base_model: {base_dir.name}" in card and "pos" in card
     assert str(tmp_path) not in card and os.path.expanduser("~") not in card
+
+
+def test_model_card_reads_a_runs_summary():
+    from autofednlp.model.card import base_model_id, model_card
+
+    info = {
+        "base": base_model_id("minilm"), "task": "classification", "pooling": "mean",
+        "labels": ["a", "b"], "spec": {"kind": "lora", "depth": 1, "width": 4},
+        "model": "standard", "adapter": "lora", "adapter_head": True,
+        "base_kwargs": {"num_labels": 2},
+    }  # fmt: skip
+    summary = {
+        "rounds": 3, "config": "lora(d=1,w=4)", "target_metric": "accuracy",
+        "target_accuracy": 0.9, "time_to_accuracy": {"sim_time_s": 3.25, "round": 2},
+        "sim_time_s": 5.0, "bytes_up": 1e6, "bytes_down": 2e6, "energy_j": 3.0,
+        "trajectory": [{"config": "lora(d=1,w=4)", "sim_time_s": 2.0}], "test_accuracy": 0.5,
+    }  # fmt: skip
+    card = model_card(info, summary, None)
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+    assert "accuracy 0.9000: 3.2 s (round 2)" in card and "| test_accuracy | 0.5000 |" in card
+    assert "AutoPeftModelForSequenceClassification" in card and "num_labels=2" in card
+    assert "1.00 MB up, 2.00 MB down" in card and "lora(d=1,w=4) at 2 s" in card

@@ -178,3 +178,25 @@ def test_the_cli_refuses_before_the_run_in_one_line(tmp_path, capfd, model_type,
     for f in fragments:
         assert f in err[0], err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_byte_level_bpe_tokenizer_reads_pre_split_words(tmp_path):
+    """RoBERTa's and ModernBERT's tokenizers refuse pre-split words unless told to put a
+    space before each; tagging asks for it."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    from autofednlp.data.tokenize import tokenize_words, words_tokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["Anna visited Oslo", "Bob likes tea"] * 5, vocab_size=300,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bpe.save_model(str(tmp_path))
+    RobertaTokenizerFast(
+        str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")
+    ).save_pretrained(tmp_path / "tok")
+    tok = RobertaTokenizerFast.from_pretrained(tmp_path / "tok")
+    with pytest.raises((ValueError, AssertionError), match="add_prefix_space"):
+        tokenize_words([["Anna", "visited"]], [[1, 0]], tok, 8)
+    enc, lost = tokenize_words([["Anna", "visited"]], [[1, 0]], words_tokenizer(tok), 8)
+    assert lost == 0 and enc["labels"][0].tolist().count(1) == 1

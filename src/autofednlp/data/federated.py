@@ -209,6 +209,8 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if cfg.task_name == "tagging":
+        tokenizer = tokenize.words_tokenizer(tokenizer)
     parts = {name: getattr(splits, name) for name in ("train", "validation", "test")}
     total = sum(len(p) for p in parts.values())
     encoded = {}

@@ -26,6 +26,7 @@ from autofednlp.data.federated import (
     tokenizer_fingerprint,
 )
 from autofednlp.data.sources import apply_label_set, load_file, source_fingerprint
+from autofednlp.data.tokenize import words_tokenizer
 
 FIELD = "node config data-file"
 
@@ -83,7 +84,10 @@ def load_device_data(
         ds = load_file(file_cfg, FIELD)
         if not hasattr(ds, "tokens"):
             ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
-        split, _ = encode(ds, AutoTokenizer.from_pretrained(tokenizer_path), cfg.max_length)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if hasattr(ds, "tokens"):
+            tokenizer = words_tokenizer(tokenizer)
+        split, _ = encode(ds, tokenizer, cfg.max_length)
         save_cache_file(cache, {"key": key, **split_state(split)})
     _memory_cache[key] = split
     return split

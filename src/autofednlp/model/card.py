@@ -124,15 +124,22 @@ def model_card(info: dict[str, Any], summary: dict[str, Any] | None, cfg: Any | 
             "",
             "## Cost (simulated devices and links)",
             "",
-            f"- Simulated time: {_fmt(summary.get('sim_time_s'))} s; time to target "
+            f"- Simulated time: {summary.get('sim_time_s', 0):.1f} s; time to "
             f"{summary.get('target_metric')} {_fmt(summary.get('target_accuracy'))}: "
-            f"{_fmt(summary.get('time_to_accuracy'))} s",
+            + _reached(summary.get("time_to_accuracy")),
             f"- Traffic: {summary.get('bytes_up', 0) / 1e6:.2f} MB up, "
             f"{summary.get('bytes_down', 0) / 1e6:.2f} MB down; energy "
-            f"{_fmt(summary.get('energy_j'))} J",
+            f"{summary.get('energy_j', 0):.1f} J",
             f"- Trained (exchanged) parameters: {summary.get('trainable_params')}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _reached(when: dict[str, Any] | None) -> str:
+    """`time_to_accuracy` of a summary: when (and in which round) the target was reached."""
+    if not when:
+        return "not reached"
+    return f"{when['sim_time_s']:.1f} s (round {when['round']})"
 
 
 def _adapter_section(info: dict[str, Any], base: str) -> list[str]:
