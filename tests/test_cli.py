@@ -73,7 +73,7 @@ def test_exported_adapter_loads_with_the_adapters_library_alone(finished_run, ti
     ours, _labels, _base = load_run_model(finished_run)
     plain = AutoModel.from_pretrained(tiny_model_dir)
     adapters.init(plain)
-    name = plain.load_adapter(str(finished_run / "export" / "adapter"))
+    name = plain.load_adapter(str(finished_run / "export" / "adapter"), use_safetensors=True)
     plain.set_active_adapters(name)
     plain.eval()
     ids = torch.randint(1000, 3000, (2, 12))
@@ -82,8 +82,26 @@ def test_exported_adapter_loads_with_the_adapters_library_alone(finished_run, ti
         theirs = plain(input_ids=ids, attention_mask=mask).last_hidden_state
         hidden = ours.run_layers(ours.embed(ids), mask, 0, ours.num_layers)
     assert torch.allclose(theirs, hidden, atol=1e-5)
-    meta = json.loads((finished_run / "export" / "head.json").read_text())
+    meta = json.loads((finished_run / "export" / "autofednlp.json").read_text())
     assert meta["spec"] == {"kind": "bottleneck", "depth": 1, "width": 8}
+
+
+def test_exported_model_predicts_what_predict_prints(finished_run, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    text = "Shares fell on the stock market"
+    assert main(["predict", str(finished_run), text]) == 0
+    label, prob, _ = capsys.readouterr().out.strip().split("\t")
+    folder = str(finished_run / "export" / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # exported with the model
+    with torch.no_grad():
+        probs = model.eval()(**tokenizer([text], return_tensors="pt")).logits.softmax(-1)[0]
+    assert model.config.id2label[int(probs.argmax())] == label
+    assert abs(float(probs.max()) - float(prob)) < 1e-3
+    card = (finished_run / "export" / "README.md").read_text()
+    assert "## Results" in card and "Simulated time" in card and "MB up" in card
+    assert str(finished_run.parent) not in card
 
 
 def test_exported_lora_loads_with_peft_alone(tiny_model_dir, tmp_path):

@@ -132,31 +132,3 @@ def test_registry_rejects_duplicates_and_unknown_names():
         register(FullKind())
     with pytest.raises(ValueError, match="unknown tune kind"):
         get_kind("prefix")
-
-
-def test_bert_family_layer_by_layer_equals_the_encoders_own_forward(tiny_model_dir, batch):
-    from transformers import AutoModel
-
-    from autofednlp.model.families import family_for
-
-    ids, mask = batch
-    encoder = AutoModel.from_pretrained(tiny_model_dir).eval()
-    family = family_for(encoder)
-    assert family.name == "bert"
-    with torch.no_grad():
-        ours = family.run_layers(encoder, family.embed(encoder, ids), mask, 0, 2)
-        theirs = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    real = mask.bool()  # padded positions are masked out and never read
-    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
-
-
-def test_an_unsupported_encoder_family_is_one_line_naming_the_supported_ones():
-    from transformers import GPT2Config, GPT2Model
-
-    from autofednlp.model.families import family_for
-
-    encoder = GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
-    with pytest.raises(
-        ConfigError, match=r"model type 'gpt2' .* is not supported \(supported: bert\)"
-    ):
-        family_for(encoder)

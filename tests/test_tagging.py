@@ -267,7 +267,7 @@ def test_tagging_run_predict_and_export(tiny_model_dir, tmp_path, capsys):
     assert {"test_f1", "test_precision", "test_recall", "best_val_f1"} <= set(summary)
     header = (run_dir / "rounds.csv").read_text().splitlines()[0].split(",")
     assert {"val_f1", "val_precision", "val_recall", "val_accuracy"} <= set(header)
-    head = json.loads((run_dir / "export" / "head.json").read_text())
+    head = json.loads((run_dir / "export" / "autofednlp.json").read_text())
     assert head["task"] == "tagging" and head["labels"] == summary["label_names"]
     capsys.readouterr()
     assert main(["predict", str(run_dir), "Anna visited Rome"]) == 0

@@ -168,8 +168,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("predict: give some text, or --file with one text per line")
     tok = AutoTokenizer.from_pretrained(base)
     if model.task.name == "tagging":
+        from autofednlp.data.tokenize import words_tokenizer
         from autofednlp.model.predict import tag_texts
 
+        tok = words_tokenizer(tok)
         for text, found in zip(texts, tag_texts(model, tok, labels, texts, args.max_length)):
             shown = "  ".join(f"{e.text} [{e.type}]" for e in found) or "(no entities)"
             print(f"{text[:80]}\t{shown}")

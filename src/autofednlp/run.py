@@ -36,14 +36,16 @@ def preflight(cfg: ExperimentConfig) -> None:
     show.note("loading PyTorch and Transformers")
     from autofednlp.client.worker import client_data
     from autofednlp.cost.devices import get_profile
-    from autofednlp.model.build import model_num_layers, resolve_model_path
+    from autofednlp.model.build import check_model, resolve_model_path
     from autofednlp.runtime import runtime_for
 
     runtime_for(cfg)  # "cuda" on a machine without it: one line now, not in every client
     for device in cfg.cost.devices:
         get_profile(device)
     show.note(f"loading model {cfg.model.name!r}")
-    layers = model_num_layers(cfg.model.name)  # a model that cannot load fails here, one line
+    # a model that cannot load, of a family we do not serve, or that the tune kind does not
+    # apply to fails here, in one line
+    layers = check_model(cfg.model.name, cfg.tune.kind, tuple(cfg.tune.lora_targets))
     if cfg.tune.kind != "full" and cfg.tune.depth > layers:
         raise ConfigError(f"tune.depth = {cfg.tune.depth}: the model has only {layers} layers")
     from transformers import AutoConfig

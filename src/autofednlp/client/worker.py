@@ -81,10 +81,14 @@ def _model_for(
     # model per spec can serve every round in this process (on a GPU, it stays there).
     task = cfg.data.task_name
     key = (cfg.model.name, cfg.model.pooling, task, num_labels, spec, str(runtime.device))
+    key += tuple(cfg.tune.lora_targets)
     if key not in _MODELS:
         if len(_MODELS) >= 4:
             _MODELS.pop(next(iter(_MODELS)))
-        model = build_model(cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling, task)
+        targets = tuple(cfg.tune.lora_targets)
+        model = build_model(
+            cfg.model.name, num_labels, spec, cfg.seed, cfg.model.pooling, task, targets
+        )
         with oom_guard(cfg, runtime.device, f"loading {cfg.model.name}"):
             _MODELS[key] = model.to(runtime.device)
     return _MODELS[key]
@@ -149,7 +153,13 @@ def train_round(
     model = _model_for(cfg, local.num_labels, spec, runtime)
     load_trainable(model, state)
     cache = activation_cache(cfg, run_id or "default", partition_id, model, local.scope)
-    shape = model_shape(cfg.model.name, local.num_labels, cfg.model.pooling, cfg.data.task_name)
+    shape = model_shape(
+        cfg.model.name,
+        local.num_labels,
+        cfg.model.pooling,
+        cfg.data.task_name,
+        tuple(cfg.tune.lora_targets),
+    )
     seed = hash((cfg.seed, server_round, partition_id)) & 0x7FFFFFFF
     with oom_guard(cfg, runtime.device, f"training client {partition_id}"):
         result = local_train(

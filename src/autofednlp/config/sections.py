@@ -167,9 +167,22 @@ class TuneConfig:
     )
     depth: int = _f(2, "number of top transformer layers that are trained (0 = head only)")
     width: int = _f(32, "adapter bottleneck dimension (bottleneck) or rank (lora)")
+    lora_targets: list[str] = _f(
+        [],
+        "lora: names of the linear modules of a layer that LoRA adapts, e.g. "
+        '["query", "key", "value"]; empty = the encoder family\'s default (BERT, RoBERTa, XLM-R, '
+        "ELECTRA, ALBERT: query, value; DistilBERT: q_lin, v_lin; DeBERTa-v2/v3: query_proj, "
+        "value_proj; ModernBERT: Wqkv)",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("tune.kind", self.kind, TUNE_KINDS)
+        _check(
+            all(isinstance(v, str) and v.strip() for v in self.lora_targets),
+            "tune.lora_targets",
+            self.lora_targets,
+            "must be a list of module names",
+        )
         _check_min(self, "tune", 0, "depth")
         _check_min(self, "tune", 1, "width")
 

@@ -230,6 +230,8 @@ def _build(cfg: DataConfig, tokenizer_path: str, seed: int) -> FederatedData:
         seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if cfg.task_name == "tagging":
+        tokenizer = tokenize.words_tokenizer(tokenizer)
     if cfg.overlong == "refuse":
         # before splitting: the first too-long sentence in the source's order is the one named
         for ds in named.values():

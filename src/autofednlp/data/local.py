@@ -27,6 +27,7 @@ from autofednlp.data.federated import (
     tokenizer_fingerprint,
 )
 from autofednlp.data.sources import apply_label_set, load_file, source_fingerprint
+from autofednlp.data.tokenize import words_tokenizer
 
 FIELD = "node config data-file"
 
@@ -86,6 +87,8 @@ def load_device_data(
         if not hasattr(ds, "tokens"):
             ds = apply_label_set(ds, list(label_names), f"file {path!r}", FIELD)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if hasattr(ds, "tokens"):
+            tokenizer = words_tokenizer(tokenizer)
         if cfg.overlong == "refuse":
             refuse_overlong(ds, tokenizer, cfg.max_length)
         split, _ = encode(ds, tokenizer, cfg.max_length)

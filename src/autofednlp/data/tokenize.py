@@ -38,6 +38,15 @@ def tokenize_texts(
 IGNORE = -100  # the label of positions the loss and the metrics skip (model/tasks.py)
 
 
+def words_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer to read pre-split words with. Byte-level BPE tokenizers (RoBERTa,
+    ModernBERT) accept words only when told to put a space before each, as the word had in
+    running text; the others as they are."""
+    if getattr(tokenizer, "add_prefix_space", None) is False:
+        return type(tokenizer).from_pretrained(tokenizer.name_or_path, add_prefix_space=True)
+    return tokenizer
+
+
 def tokenize_words(
     words: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], tokenizer: Any, max_length: int
 ) -> tuple[dict[str, torch.Tensor], list[int]]:

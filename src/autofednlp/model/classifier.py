@@ -31,10 +31,11 @@ class EncoderClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.family = family_for(encoder)
+        self.lora_targets: tuple[str, ...] = self.family.lora_targets  # what LoRA adapts
         self.encoder = encoder
         self.task = make_task(task, pooling) if isinstance(task, str) else task
         self.pooling = pooling
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(_dropout_rate(encoder.config))
         self.head_dense: nn.Linear | None = None
         self.classifier: nn.Linear
         self.task.build_head(self, encoder.config.hidden_size, num_labels, encoder)
@@ -51,8 +52,10 @@ class EncoderClassifier(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.family.embed(self.encoder, input_ids)
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.family.embed(self.encoder, input_ids, attention_mask)
 
     def run_layers(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, end: int
@@ -86,13 +89,15 @@ class EncoderClassifier(nn.Module):
     ) -> torch.Tensor:
         """Hidden states entering layer `boundary`, computed deterministically."""
         if boundary == 0 and torch.is_grad_enabled() and self.embeddings_trainable():
-            return self.embed(input_ids)
+            return self.embed(input_ids, attention_mask)
         was_training = self.training
         self.embeddings.eval()
         for layer in self.layers[:boundary]:
             layer.eval()
         with torch.no_grad():
-            hidden = self.run_layers(self.embed(input_ids), attention_mask, 0, boundary)
+            hidden = self.run_layers(
+                self.embed(input_ids, attention_mask), attention_mask, 0, boundary
+            )
         if was_training:
             self.embeddings.train()
             for layer in self.layers[:boundary]:
@@ -101,3 +106,12 @@ class EncoderClassifier(nn.Module):
 
     def embeddings_trainable(self) -> bool:
         return any(p.requires_grad for p in self.embeddings.parameters())
+
+
+def _dropout_rate(config) -> float:
+    """The encoder's own dropout rate for the head (families name it differently)."""
+    for name in ("hidden_dropout_prob", "dropout", "classifier_dropout", "embedding_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, float):
+            return value
+    return 0.1

@@ -137,8 +137,9 @@ class BottleneckKind(AdapterKind):
 
 
 class LoraKind(AdapterKind):
-    """LoRA (peft) of rank `width` on the modules the encoder family names (BERT: the attention
-    query and value projections) of the top `depth` layers."""
+    """LoRA (peft) of rank `width` on the modules `tune.lora_targets` names, by default the
+    encoder family's (BERT: the attention query and value projections), of the top `depth`
+    layers."""
 
     name = "lora"
     trainable_fragment = "lora_"
@@ -150,7 +151,7 @@ class LoraKind(AdapterKind):
         config = LoraConfig(
             r=spec.width,
             lora_alpha=spec.width,
-            target_modules=list(model.family.lora_targets),
+            target_modules=list(model.lora_targets),
             layers_to_transform=list(range(boundary, model.num_layers)),
             layers_pattern=model.family.layers_pattern,
             lora_dropout=0.0,

@@ -93,8 +93,9 @@ class ClassificationTask(Task):
         if self.pooling == "cls":
             net.head_dense = nn.Linear(hidden, hidden)
             pooler = getattr(encoder, "pooler", None)
-            if pooler is not None:  # pretrained on the [CLS] token: start from it
-                net.head_dense.load_state_dict(pooler.dense.state_dict())
+            pooler = getattr(pooler, "dense", pooler)  # ALBERT's pooler is the linear itself
+            if isinstance(pooler, nn.Linear):  # pretrained on the [CLS] token: start from it
+                net.head_dense.load_state_dict(pooler.state_dict())
         net.classifier = nn.Linear(hidden, num_labels)
 
     def head(self, net: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ from autofednlp.model.build import (
     build_model,
     load_trainable,
     model_shape,
-    resolve_model_path,
     state_bytes,
     trainable_state,
 )
@@ -126,7 +125,11 @@ class FederatedRun:
         self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
         self.shape = model_shape(
-            cfg.model.name, data.num_labels, cfg.model.pooling, cfg.data.task_name
+            cfg.model.name,
+            data.num_labels,
+            cfg.model.pooling,
+            cfg.data.task_name,
+            tuple(cfg.tune.lora_targets),
         )
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
@@ -194,6 +197,7 @@ class FederatedRun:
                 cfg.seed,
                 cfg.model.pooling,
                 cfg.data.task_name,
+                tuple(cfg.tune.lora_targets),
             )
             self._init_states[spec] = trainable_state(model)
             self._models[spec] = model.to(self.runtime.device)
@@ -417,8 +421,10 @@ class FederatedRun:
             model,
             self.spec,
             list(self.data.label_names),
-            resolve_model_path(self.cfg.model.name),
+            self.cfg.model.name,
             self.recorder.run_dir / "export",
+            summary,
+            self.cfg,
         )
         # the strategy's last state stays in it: `--resume --set federation.rounds=N` extends
         last_round = max((r["round"] for r in rows), default=0)

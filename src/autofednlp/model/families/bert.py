@@ -1,6 +1,9 @@
 """BERT's layout: `embeddings`, `encoder.layer[i]`, an additive [B, 1, 1, T] attention mask.
 
-Sentence-transformers' MiniLM (the packaged model) is a BERT.
+RoBERTa and XLM-R share it (their embeddings derive position ids from the padding in
+`input_ids`, inside `embeddings`); ELECTRA too, with a projection from its embedding size to
+its hidden size (`embeddings_project`) when the two differ. Sentence-transformers' MiniLM (the
+packaged model) is a BERT.
 """
 
 from __future__ import annotations
@@ -8,29 +11,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autofednlp.model.families import EncoderFamily, register
-
-
-def extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, 1, T] mask: 0 where attended, a large negative where padded."""
-    ext = attention_mask[:, None, None, :].to(dtype)
-    return (1.0 - ext) * torch.finfo(dtype).min
+from autofednlp.model.families import EncoderFamily, additive_mask, first, register
 
 
 class BertFamily(EncoderFamily):
     name = "bert"
-    model_types = ("bert",)
+    model_types = ("bert", "roberta", "xlm-roberta", "electra")
     lora_targets = ("query", "value")
     layers_pattern = "layer"
+    hf_cls_head = {  # ELECTRA's classifier uses gelu, not tanh: exported with the bundled class
+        "bert": ("bert.pooler.dense", "classifier"),
+        "roberta": ("classifier.dense", "classifier.out_proj"),
+        "xlm-roberta": ("classifier.dense", "classifier.out_proj"),
+    }
 
     def embeddings(self, encoder: nn.Module) -> nn.Module:
-        return encoder.embeddings
+        project = getattr(encoder, "embeddings_project", None)
+        if project is None:
+            return encoder.embeddings
+        return nn.ModuleList([encoder.embeddings, project])
 
     def layers(self, encoder: nn.Module) -> nn.ModuleList:
         return encoder.encoder.layer
 
-    def embed(self, encoder: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        return encoder.embeddings(input_ids=input_ids)
+    def embed(
+        self,
+        encoder: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = encoder.embeddings(input_ids=input_ids)
+        project = getattr(encoder, "embeddings_project", None)
+        return hidden if project is None else project(hidden)
 
     def run_layers(
         self,
@@ -40,10 +52,9 @@ class BertFamily(EncoderFamily):
         start: int,
         end: int,
     ) -> torch.Tensor:
-        ext = extended_mask(attention_mask, hidden.dtype)
+        ext = additive_mask(attention_mask, hidden.dtype)
         for layer in self.layers(encoder)[start:end]:
-            out = layer(hidden, ext)
-            hidden = out[0] if isinstance(out, tuple) else out
+            hidden = first(layer(hidden, ext))
         return hidden
 
 

@@ -1,0 +1,1 @@
+"""Code written into exports, for Transformers alone (it never imports autofednlp)."""
