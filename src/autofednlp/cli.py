@@ -140,7 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             runs.append(load_run(d))
         except ConfigError as e:
-            print(f"autofednlp: error: {e}", file=sys.stderr)
+            print(f"autofednlp: error: {one_line(e)}", file=sys.stderr)
             bad += 1
     if runs:
         print(comparison_table(runs))
@@ -320,6 +320,11 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: Exception) -> str:
+    """A user error is one line, even when it quotes input holding line breaks."""
+    return " ".join(str(error).splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"autofednlp: error: {e}", file=sys.stderr)
+        print(f"autofednlp: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # outside a run (no handler installed yet)
         print("autofednlp: interrupted", file=sys.stderr)

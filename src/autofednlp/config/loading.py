@@ -61,7 +61,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in types:
             known = ", ".join(types)
-            raise ConfigError(f"unknown key '{full}' (known: {known})")
+            raise ConfigError(f"unknown key {full!r} (known: {known})")
         typ = types[key]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
