@@ -51,7 +51,6 @@ CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
-PRIVACY_SAMPLING = ("without_replacement", "poisson")
 TASKS = ("auto", "classification", "tagging")
 # CoNLL-style files (a token per line, its tag in the last column) are tagging data
 CONLL_SUFFIXES = (".conll", ".iob", ".bio", ".txt")
@@ -374,18 +373,15 @@ class PrivacyConfig:
     noise_multiplier: float = _f(
         1.0, "noise std / clip_norm (0 = clipping only; epsilon is then infinite)"
     )
-    delta: float = _f(1e-5, "the delta at which epsilon is reported")
-    sampling: str = _f(
-        "without_replacement",
-        "central: the accountant's model of client sampling: without_replacement (what the "
-        "server does: a fixed number of clients a round; neighbours replace one client, so a "
-        "client moves the sum by up to 2 x clip_norm) or poisson (the usual approximation: "
-        "each client in with probability clients/num_clients, neighbours add or remove one)",
+    delta: float = _f(
+        1e-5,
+        "the delta at which epsilon is reported (Opacus's RDP accountant; central DP is "
+        "accounted as Poisson sampling of clients/num_clients, an approximation of the fixed "
+        "number the server draws: see privacy/accountant.py)",
     )
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
-        _check_choice("privacy.sampling", self.sampling, PRIVACY_SAMPLING)
         _check_min(self, "privacy", 0, "clip_norm", strict=True)
         _check_min(self, "privacy", 0, "noise_multiplier")
         _check(0 < self.delta < 1, "privacy.delta", self.delta, "must be in (0, 1)")

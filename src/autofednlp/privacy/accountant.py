@@ -1,49 +1,32 @@
-"""ε of client-level DP so far, by Flower's `RdpAccountant` (Rényi DP, Google's dp-accounting).
+"""ε of client-level DP so far, by Opacus's Rényi DP accountant.
+
+Why Opacus: it resolves with our pins (it adds only opt_einsum). Flower's own `RdpAccountant`
+wraps Google's dp-accounting, which requires attrs < 24 where the stack pins attrs 26.
 
 Every round is one release per trial group, each the noised sum of its own clients' clipped
-updates; the groups are disjoint, so a client is in at most one of them and the round is one
-sampled Gaussian mechanism over all clients, with the round's sampled clients (all groups
-together) as its sample. Assumptions, stated as the accountant's model:
+updates. The groups are disjoint, so a client is in at most one of them and the round is one
+sampled Gaussian mechanism over all clients, its sample being the round's clients in all
+groups together. What the accountant assumes:
 
-- central, `sampling = "without_replacement"` (default): what the server does, a fixed number
-  of clients drawn uniformly without replacement each round, independently of the data. The
-  accountant then needs neighbouring datasets that replace one client (Wang et al., 2019), and
-  replacing a client moves its group's sum by up to 2 x clip_norm, so the noise multiplier
-  relative to that sensitivity is noise_multiplier / 2.
-- central, `sampling = "poisson"`: each client in independently with probability
-  clients / num_clients, neighbours add or remove a client (sensitivity clip_norm). The usual
-  figure in papers (DP-FedAvg, Opacus), but our sampler draws a fixed number, so it is an
-  approximation.
-- local: the server sees each noised update and who sent it, so sampling does not amplify
-  privacy: ε is that of the client that took part most often so far, its releases composed
-  without amplification (a client's update moves by up to 2 x clip_norm).
+- central: Poisson sampling, each client in a round independently with probability
+  q = (clients sampled that round) / num_clients, and neighbouring federations that add or
+  remove one client (sensitivity clip_norm). The server draws a *fixed* number of clients
+  instead; accounting it as Poisson is the usual approximation (DP-FedAvg, Opacus, TFF), not a
+  proof. A without-replacement analysis (Wang et al., 2019: replace-one neighbours, so
+  sensitivity 2 x clip_norm) gives a larger ε: 34.9 against 5.9 for 20 rounds, q = 0.15,
+  noise multiplier 1, delta 1e-5 (dp-accounting 0.6.0).
+- local: the server sees each noised update and who sent it, so sampling does not amplify:
+  ε is that of the client that took part most often so far, each of its releases a Gaussian
+  mechanism composed without amplification (q = 1).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from typing import Any
 
-from flwr.serverapp import (
-    GaussianPrivacyEvent,
-    NeighboringRelation,
-    RdpAccountant,
-    SamplingMethod,
-)
-from flwr.serverapp import PrivacyConfig as FlowerPrivacyConfig
-
 from autofednlp.config import PrivacyConfig
-
-# dp-accounting warns, through absl, for each fractional RDP order it leaves out (Poisson)
-logging.getLogger("absl").setLevel(logging.ERROR)
-
-MODELS = {
-    "without_replacement": (SamplingMethod.WITHOUT_REPLACEMENT, NeighboringRelation.REPLACE_ONE),
-    "poisson": (SamplingMethod.POISSON, NeighboringRelation.ADD_OR_REMOVE_ONE),
-    "local": (SamplingMethod.NO_AMPLIFICATION, NeighboringRelation.ADD_OR_REMOVE_ONE),
-}
 
 
 class PrivacyLedger:
@@ -52,10 +35,6 @@ class PrivacyLedger:
     def __init__(self, cfg: PrivacyConfig, num_clients: int) -> None:
         self.cfg = cfg
         self.num_clients = num_clients
-        self.model = "local" if cfg.mode == "local" else cfg.sampling
-        # the noise multiplier relative to the sensitivity the model's neighbours imply
-        halve = self.model != "poisson"
-        self.sigma = cfg.noise_multiplier / 2 if halve else cfg.noise_multiplier
         self.participations: Counter[int] = Counter()
         self.round_sizes: list[int] = []
         self._epsilon: float | None = None
@@ -67,18 +46,20 @@ class PrivacyLedger:
             self.round_sizes.append(len(clients))
         self._epsilon = None
 
-    def accountant(self) -> RdpAccountant | None:
-        """Flower's accountant with this run's releases composed; None without noise."""
-        if self.sigma <= 0 or not self.round_sizes:
+    def accountant(self) -> Any:
+        """Opacus's `RDPAccountant` with this run's releases composed; None without noise."""
+        from opacus.accountants import RDPAccountant  # seconds to import: only with DP on
+
+        sigma = self.cfg.noise_multiplier
+        if sigma <= 0 or not self.round_sizes:
             return None
-        method, relation = MODELS[self.model]
-        acc = RdpAccountant(FlowerPrivacyConfig(self.cfg.delta, self.num_clients, relation, method))
-        if self.model == "local":
-            most = max(self.participations.values())
-            acc.compose(GaussianPrivacyEvent(self.sigma, 1, self.num_clients), most)
+        acc = RDPAccountant()
+        if self.cfg.mode == "local":
+            for _ in range(max(self.participations.values())):
+                acc.step(noise_multiplier=sigma, sample_rate=1.0)
         else:
-            for size, count in Counter(self.round_sizes).items():
-                acc.compose(GaussianPrivacyEvent(self.sigma, size, self.num_clients), count)
+            for size in self.round_sizes:
+                acc.step(noise_multiplier=sigma, sample_rate=size / self.num_clients)
         return acc
 
     def epsilon(self) -> float:
@@ -92,13 +73,14 @@ class PrivacyLedger:
         return self._epsilon
 
     def summary(self) -> dict[str, Any]:
+        sampling = "no amplification" if self.cfg.mode == "local" else "Poisson sampling"
         return {
             "mode": self.cfg.mode,
             "epsilon": self.epsilon(),
             "delta": self.cfg.delta,
             "noise_multiplier": self.cfg.noise_multiplier,
             "clip_norm": self.cfg.clip_norm,
-            "accountant": f"RDP (Flower RdpAccountant, dp-accounting), {self.model} sampling",
+            "accountant": f"Opacus RDP, {sampling}",
             "rounds": len(self.round_sizes),
             "max_participations": max(self.participations.values(), default=0),
         }
