@@ -128,3 +128,22 @@ def test_local_dp_runs(tiny_model_dir, tmp_path):
     s = run_experiment(cfg, progress="quiet")
     assert s["privacy"]["mode"] == "local" and s["privacy"]["epsilon"] > 0
     assert json.loads((Path(s["run_dir"]) / "summary.json").read_text())["privacy"]
+
+
+def test_clipping_bounds_every_round_of_a_run(tiny_model_dir, tmp_path):
+    """Without noise, each round moves the weights by the mean of clipped updates: at most
+    clip_norm, so two rounds at most 2 x clip_norm; without DP they move further."""
+    from autofednlp.model.build import build_model, trainable_state
+    from autofednlp.model.kinds import TuneSpec
+
+    sets = ("tune.depth=1", "tune.width=8", "client.learning_rate=0.05")
+    dp = ('privacy.mode="central"', "privacy.noise_multiplier=0", "privacy.clip_norm=0.01")
+    moved = {}
+    for name, extra in (("dp", dp), ("plain", ())):
+        cfg = small_config(tiny_model_dir, tmp_path / name, *sets, *extra)
+        s = run_experiment(cfg, progress="quiet")
+        spec = TuneSpec("bottleneck", 1, 8)
+        start = trainable_state(build_model(tiny_model_dir, len(s["label_names"]), spec, cfg.seed))
+        end = torch.load(Path(s["run_dir"]) / "trainable_state.pt")
+        moved[name] = update_norm(start, end)
+    assert moved["dp"] <= 2 * 0.01 + 1e-6 < moved["plain"]
