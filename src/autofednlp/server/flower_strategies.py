@@ -123,7 +123,10 @@ class _FedAvgM:
 
 def server_optimizer(cfg: AggregationConfig) -> _FedOpt | _FedAvgM | None:
     """Flower's server optimizer for `cfg.name`; None for fedavg and fedprox, whose server
-    step is the average itself (kept in float64 by `aggregate.fedavg`)."""
+    step is the average itself (kept in float64 by `aggregate.fedavg`, as before). Flower's
+    `FedProx` adds nothing to FedAvg's aggregation: it only sends `proximal-mu` to clients,
+    which read `aggregation.proximal_mu` from the experiment here (`client/train.py`).
+    `server_round` is the run's round, as in Flower (FedAdam's bias correction counts it)."""
     if cfg.name == "fedadam":
         return _FedOpt(FedAdam, cfg)
     if cfg.name == "fedyogi":
