@@ -24,6 +24,7 @@ COMPARED = [
     "energy_j",
     "cache_hits",
     "cache_misses",
+    "epsilon",
 ]
 
 
@@ -73,8 +74,26 @@ def _rows(run_dir):
             "strategy.patience=1",
             "strategy.trial_rounds=1",
         ],
+        [  # noise RNG, privacy ledger and server optimizer state are checkpointed
+            "strategy.name=fixed",
+            "tune.depth=1",
+            "tune.width=8",
+            'privacy.mode="central"',
+            "privacy.noise_multiplier=0.5",
+            'aggregation.name="fedadam"',
+        ],
+        [  # ... and the optimizer state of every configuration a trial grows
+            "strategy.name=autofed",
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+            "strategy.trial_every=2",
+            "strategy.trial_rounds=1",
+            'privacy.mode="central"',
+            'aggregation.name="fedavgm"',
+        ],
     ],
-    ids=["fixed", "autofed-published", "autofed-robust"],
+    ids=["fixed", "autofed-published", "autofed-robust", "fixed-dp-fedadam", "robust-dp-fedavgm"],
 )
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, tmp_path, strategy):
     argv = _argv(tiny_model_dir, *strategy)
@@ -112,6 +131,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
         "time_to_accuracy",
         "config",
         "trajectory",
+        "privacy",
     ):
         assert a.get(key) == b.get(key), key
     wa = torch.load(whole / "trainable_state.pt")

@@ -137,3 +137,20 @@ def test_a_cache_hit_says_so_instead_of_a_tokenizing_bar(tiny_model_dir, tmp_pat
         assert "tokenized data read from the cache" in capfd.readouterr().err
     finally:
         progress.set_mode(old)
+
+
+@pytest.mark.parametrize(
+    "setting,fragment",
+    [
+        ('aggregation.name="fedsgd"', "aggregation.name = 'fedsgd': must be one of fedavg"),
+        ("aggregation.beta_2=1.0", "aggregation.beta_2 = 1.0: must be < 1"),
+        ("aggregation.eta=0", "aggregation.eta = 0"),
+        ('privacy.mode="server"', "privacy.mode = 'server': must be one of off, central, local"),
+        ("privacy.clip_norm=0", "privacy.clip_norm = 0"),
+        ("privacy.noise_multiplier=-1", "privacy.noise_multiplier = -1"),
+        ("privacy.delta=1.5", "privacy.delta = 1.5: must be in (0, 1)"),
+    ],
+)
+def test_aggregation_and_privacy_mistakes(tiny_model_dir, capfd, setting, fragment):
+    assert main(["run", *_sets(tiny_model_dir, setting), "--quiet"]) == 2
+    _one_error_line(capfd, fragment)

@@ -61,6 +61,12 @@ def format_summary(s: dict[str, Any]) -> str:
         ("simulated time", human_duration(s["sim_time_s"])),
         ("traffic up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
         ("energy", human_energy(s["energy_j"])),
+        *(
+            [("aggregation", s["aggregation"])]
+            if s.get("aggregation", "fedavg") != "fedavg"
+            else []
+        ),
+        *([("differential privacy", _privacy(s["privacy"]))] if s.get("privacy") else []),
         *([("extended", _extensions(s["extended"]))] if s.get("extended") else []),
         ("wall time", f"{s['wall_time_s']:.1f} s"),
         ("results", s["run_dir"]),
@@ -74,6 +80,13 @@ def _with_majority(acc: float | None, s: dict[str, Any]) -> str:
         return "-"
     majority = s.get("majority_val_accuracy")
     return f"{acc:.4f}" + ("" if majority is None else f" (majority class: {majority:.4f})")
+
+
+def _privacy(p: dict[str, Any]) -> str:
+    return (
+        f"epsilon {p['epsilon']:.3g} at delta {p['delta']:g} ({p['mode']} DP, noise multiplier "
+        f"{p['noise_multiplier']:g}, clip {p['clip_norm']:g}; {p['accountant']})"
+    )
 
 
 def _extensions(history: list[dict[str, Any]]) -> str:

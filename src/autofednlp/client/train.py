@@ -50,6 +50,7 @@ def local_train(
     cache: ActivationCache | None = None,
     sample_ids: torch.Tensor | None = None,
     runtime: Runtime = CPU,
+    proximal_mu: float = 0.0,
 ) -> LocalResult:
     """Train `model` in place for `cfg.local_epochs` over `data`; count the FLOPs executed.
 
@@ -57,12 +58,15 @@ def local_train(
     process happens to run it. With a `cache` (and each sample's stable id in `sample_ids`),
     the frozen layers run only for samples the cache does not hold yet; the FLOP count charges
     those fills and, for every step, only the layers that actually ran. `model` must be on
-    `runtime.device`; each batch is moved there.
+    `runtime.device`; each batch is moved there. `proximal_mu` > 0 adds FedProx's proximal
+    term mu/2 ||w - w_received||^2 over the trained parameters (Li et al., 2020); the reported
+    loss is the task's alone.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg, lr)
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     scaler = runtime.grad_scaler()
     model.train()
     n = len(data)
@@ -82,8 +86,12 @@ def local_train(
                 else:
                     logits = model(ids, mask, boundary=boundary)
             loss = model.task.loss(logits.float(), labels)
+            objective = loss
+            if anchor:
+                prox = sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
+                objective = loss + proximal_mu / 2 * prox
             opt.zero_grad(set_to_none=True)
-            backward_and_step(loss, opt, params, cfg.max_grad_norm, scaler)
+            backward_and_step(objective, opt, params, cfg.max_grad_norm, scaler)
             losses.append(loss.detach())  # read once at the end: no GPU sync per step
             steps += 1
             flops += train_step_flops(shape, spec, len(idx), ids.shape[1], cached=cache is not None)

@@ -33,6 +33,7 @@ from autofednlp.model.build import (
 )
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.privacy.clip import privatize_update
 from autofednlp.runtime import Runtime, oom_guard, runtime_for
 
 _MODELS: dict[tuple, EncoderClassifier] = {}
@@ -174,6 +175,7 @@ def train_round(
             cache=cache,
             sample_ids=local.sample_ids,
             runtime=runtime,
+            proximal_mu=cfg.aggregation.proximal_mu if cfg.aggregation.name == "fedprox" else 0.0,
         )
     device = device or client_device(cfg, partition_id)
     profile = get_profile(device)
@@ -189,4 +191,9 @@ def train_round(
         "cache_misses": -1 if cache is None else cache.misses,
         "cache_hits": -1 if cache is None else cache.hits,
     }
-    return trainable_state(model), metrics
+    new_state = trainable_state(model)
+    if cfg.privacy.mode == "local":  # the update leaves the device clipped and noised
+        p = cfg.privacy
+        noise_seed = hash((cfg.seed, server_round, partition_id, 13)) & 0x7FFFFFFF
+        new_state = privatize_update(state, new_state, p.clip_norm, p.noise_multiplier, noise_seed)
+    return new_state, metrics

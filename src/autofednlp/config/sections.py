@@ -49,6 +49,8 @@ WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
+AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
+PRIVACY_MODES = ("off", "central", "local")
 TASKS = ("auto", "classification", "tagging")
 OVERLONG = ("truncate", "refuse")
 # CoNLL-style files (a token per line, its tag in the last column) are tagging data
@@ -354,6 +356,66 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class AggregationConfig:
+    """How each group's client updates become its new weights (names as Flower's strategies)."""
+
+    name: str = _f(
+        "fedavg",
+        "fedavg (example-weighted average), fedprox (fedavg plus a proximal term in local "
+        "training), fedadam / fedyogi (Flower's adaptive server optimizers on the averaged "
+        "update), fedavgm (Flower's server momentum); server optimizer state is kept per "
+        "configuration and checkpointed",
+    )
+    proximal_mu: float = _f(
+        0.01, "fedprox: weight of the proximal term mu/2 ||w - w_received||^2 (0 = fedavg)"
+    )
+    eta: float = _f(0.01, "fedadam / fedyogi: server learning rate")
+    beta_1: float = _f(0.9, "fedadam / fedyogi: first moment decay")
+    beta_2: float = _f(0.99, "fedadam / fedyogi: second moment decay")
+    tau: float = _f(1e-3, "fedadam / fedyogi: adaptivity (added to the root of the 2nd moment)")
+    server_learning_rate: float = _f(1.0, "fedavgm: server learning rate")
+    server_momentum: float = _f(0.9, "fedavgm: server momentum")
+
+    def __post_init__(self) -> None:
+        _check_choice("aggregation.name", self.name, AGGREGATIONS)
+        _check_min(self, "aggregation", 0, "proximal_mu", "server_momentum", "beta_1", "beta_2")
+        _check_min(self, "aggregation", 0, "eta", "tau", "server_learning_rate", strict=True)
+        for name in ("beta_1", "beta_2", "server_momentum"):
+            v = getattr(self, name)
+            _check(v < 1, f"aggregation.{name}", v, "must be < 1")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg, McMahan et al., 2018)."""
+
+    mode: str = _f(
+        "off",
+        "off; central (each client's update, its change to the weights it received, is "
+        "clipped to clip_norm, the server averages them with equal weights and adds Gaussian "
+        "noise of std noise_multiplier x clip_norm to their sum: Flower's "
+        "DifferentialPrivacyServerSideFixedClipping); local (each client clips its update and "
+        "adds that noise itself before sending it)",
+    )
+    clip_norm: float = _f(1.0, "L2 bound of one client's update, over all its trained tensors")
+    noise_multiplier: float = _f(
+        1.0, "noise std / clip_norm (0 = clipping only; epsilon is then infinite)"
+    )
+    delta: float = _f(
+        1e-5,
+        "the delta at which epsilon is reported (Opacus's RDP accountant; central DP is "
+        "accounted as Poisson sampling of clients/num_clients, an approximation of the fixed "
+        "number the server draws: see privacy/accountant.py)",
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
+        _check_min(self, "privacy", 0, "clip_norm", strict=True)
+        _check_min(self, "privacy", 0, "noise_multiplier")
+        _check(0 < self.delta < 1, "privacy.delta", self.delta, "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class CostConfig:
     devices: dict[str, float] = _f(
         {"jetson-tx2": 1.0},
@@ -426,6 +488,8 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

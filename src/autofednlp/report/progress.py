@@ -130,13 +130,15 @@ class ProgressPrinter:
         best_s = "  -  " if self.best is None else f"{self.best:.3f}"
         base_s = "" if self.baseline is None else f", majority {self.baseline:.3f}"
         where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
+        eps = row.get("epsilon")
+        eps_s = "" if eps is None else f" | eps {eps:.3g}"
         wall = row["wall_time_s"]
         eta = wall / row["round"] * (self.total - row["round"])
         print(
             f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
             f"sim {human_duration(row['sim_time_s']):>8} | val {METRIC_LABELS[self.metric]} "
             f"{acc_s} (best {best_s}"
-            f"{base_s}) | traffic {_mb(self.bytes)} | wall {wall:6.1f} s | eta {eta:5.0f} s",
+            f"{base_s}){eps_s} | traffic {_mb(self.bytes)} | wall {wall:6.1f} s | eta {eta:5.0f} s",
             file=sys.stderr,
             flush=True,
         )

@@ -38,6 +38,8 @@ ROUND_FIELDS = [
     "served",
     "clients",
     "failed_clients",
+    # client-level DP (#13): epsilon at privacy.delta so far; empty without DP
+    "epsilon",
 ]
 
 

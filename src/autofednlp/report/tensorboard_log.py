@@ -73,6 +73,9 @@ class TensorBoardLog:
             )
         if not group:
             self._totals(step, row["sim_time_s"], self.bytes, self.energy_j)
+        eps = row.get("epsilon")  # client-level DP: one value a round, on the served row
+        if eps is not None and eps != float("inf") and (not group or row.get("served")):
+            self.writer.add_scalar("privacy/epsilon", eps, step)
         self.writer.flush()  # a killed run keeps what it logged, as it keeps rounds.csv
 
     def trial(self, entry: dict[str, Any], rows: list[dict[str, Any]]) -> None:

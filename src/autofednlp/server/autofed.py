@@ -23,6 +23,7 @@ from autofednlp.server.loop import FederatedRun
 from autofednlp.server.policies import (
     GroupOutcome,
     candidate_policy,
+    overlay,
     pick_winner,
     trial_budget_s,
 )
@@ -46,7 +47,27 @@ class AutoFedRun(FederatedRun):
     def grow(self, state: dict, old: TuneSpec, new: TuneSpec) -> dict[str, torch.Tensor]:
         if new == old:
             return state
-        return grow_state(state, self.initial_state(new), old, new)
+        grown = grow_state(state, self.initial_state(new), old, new)
+        self.aggregator.grow(old.label(), new.label(), grown)
+        return grown
+
+    def step_trial_groups(
+        self, server_round: int, groups: list[Group], results: list, trunk: dict, updated: bool
+    ) -> None:
+        """A robust trial round's new weights from its groups' averages (`groups[0]` is keep)
+        and the trunk averaged over all of them (`updated`: from any update): the server optimizer
+        steps the trunk with the current configuration's state and each candidate's own
+        tensors with the candidate's, whose state then follows the current one's on the trunk.
+        With fedavg both steps take the averages as they are."""
+        keep, agg = groups[0], self.aggregator
+        if updated:
+            trunk = agg.step(keep.spec.label(), keep.state, trunk, server_round)
+        for g, res in zip(groups, results):
+            own = res.state
+            if g is not keep and res.updates:
+                own = agg.step(g.spec.label(), g.state, res.state, server_round)
+                agg.share(keep.spec.label(), g.spec.label())
+            g.state = overlay(own, trunk)
 
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy

@@ -32,6 +32,7 @@ from autofednlp.model.build import (
 from autofednlp.model.classifier import EncoderClassifier
 from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.privacy.accountant import PrivacyLedger
 from autofednlp.report.progress import ProgressPrinter, majority_accuracy
 from autofednlp.report.results import (
     RunRecorder,
@@ -39,7 +40,8 @@ from autofednlp.report.results import (
     time_to_target,
 )
 from autofednlp.runtime import oom_guard, runtime_for
-from autofednlp.server.aggregate import RejectedUpdate, check_update, fedavg
+from autofednlp.server.aggregate import RejectedUpdate, check_update
+from autofednlp.server.aggregation import GroupAggregator
 
 log = logging.getLogger("autofednlp")
 
@@ -94,6 +96,8 @@ class GroupResult:
     train_loss: float | None
     cache_hits: int = 0
     cache_misses: int = 0
+    # what a shared trunk may be averaged from: the checked updates (under central DP, the
+    # group's noised average weighted by its clients)
     updates: list[tuple[dict[str, torch.Tensor], float]] = field(default_factory=list)
 
 
@@ -147,6 +151,10 @@ class FederatedRun:
         self._t0 = time.monotonic()
         self.next_round = 1
         self._strategy: dict[str, Any] = {}
+        self.aggregator = GroupAggregator(cfg)
+        self.ledger = (
+            PrivacyLedger(cfg.privacy, cfg.data.num_clients) if cfg.privacy.mode != "off" else None
+        )
         if resume:
             self.restore(resume)
         else:  # an interrupt before the first periodic checkpoint can still be resumed
@@ -168,6 +176,8 @@ class FederatedRun:
                 "wall_s": time.monotonic() - self._t0,
                 "time_ns": time.time_ns(),
                 "strategy": strategy or {},
+                "aggregation": self.aggregator.state_dict(),
+                "privacy": self.ledger.state_dict() if self.ledger else None,
                 "config": to_dict(self.cfg),
             },
         )
@@ -180,6 +190,9 @@ class FederatedRun:
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
         self._strategy = {k: v for k, v in ckpt["strategy"].items() if k != "finished"}
+        self.aggregator.load_state_dict(ckpt.get("aggregation") or {})
+        if self.ledger and ckpt.get("privacy"):
+            self.ledger.load_state_dict(ckpt["privacy"])
         self._t0 = time.monotonic() - ckpt["wall_s"]
         self.progress.bytes = sum(r["bytes_up"] + r["bytes_down"] for r in ckpt["rows"])
 
@@ -267,20 +280,26 @@ class FederatedRun:
         return {f"{prefix}_{k}": v for k, v in (metrics or {}).items()}
 
     def train_groups(
-        self, server_round: int, groups: list[tuple[TuneSpec, dict, list[int]]]
+        self,
+        server_round: int,
+        groups: list[tuple[TuneSpec, dict, list[int]]],
+        step: bool = True,
     ) -> list[GroupResult]:
         """Send every group's tasks at once (they run concurrently on real clients), then
-        check and average each group's replies separately."""
+        check and aggregate each group's replies separately. Without `step` a group's state is
+        its average, before its configuration's server optimizer (the caller steps it)."""
         tasks = [
             TrainTask(pid, spec, state, server_round, self.run_id)
             for spec, state, clients in groups
             for pid in clients
         ]
         self.progress.round_started(server_round, len(tasks))
+        if self.ledger:  # every sampled client's participation counts, in any group
+            self.ledger.record([t.partition_id for t in tasks])
         delivery = self.transport.train(tasks)
         by_pid = {r.partition_id: r for r in delivery.replies}
         results = []
-        for _spec, state, clients in groups:
+        for spec, state, clients in groups:
             updates, costs, losses, hits, misses = [], [], [], 0, 0
             failed = {p: w for p, w in delivery.failed.items() if p in clients}
             bytes_down = state_bytes(state)
@@ -305,7 +324,11 @@ class FederatedRun:
             for pid, why in sorted(failed.items()):
                 log.warning("round %d: client %d failed: %s", server_round, pid, why)
             # A group left with no usable reply keeps its previous weights.
-            new_state = fedavg(updates) if updates else state
+            new_state, shared = state, []
+            if updates:
+                new_state, shared = self.aggregator.average(state, updates, server_round)
+                if step:
+                    new_state = self.aggregator.step(spec.label(), state, new_state, server_round)
             results.append(
                 GroupResult(
                     new_state,
@@ -315,7 +338,7 @@ class FederatedRun:
                     sum(losses) / len(losses) if losses else None,
                     hits,
                     misses,
-                    updates,
+                    shared,
                 )
             )
         return results
@@ -341,6 +364,7 @@ class FederatedRun:
             "energy_j": res.cost.energy_j,
             "cache_hits": res.cache_hits,
             "cache_misses": res.cache_misses,
+            "epsilon": self.ledger.epsilon() if self.ledger else None,
         }
 
     def time_to_target(self) -> dict[str, Any] | None:
@@ -410,6 +434,8 @@ class FederatedRun:
             "run_dir": str(self.recorder.run_dir),
             "spec": dataclasses.asdict(self.spec),
             "label_names": list(self.data.label_names),
+            "aggregation": self.cfg.aggregation.name,
+            **({"privacy": self.ledger.summary()} if self.ledger else {}),
             **(extra or {}),
         }
         torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")

@@ -30,7 +30,6 @@ from autofednlp.server.policies import (
     StallDetector,
     TrialSchedule,
     candidate_policy,
-    overlay,
     paired_evidence,
     pick_paired,
     shared_average,
@@ -117,12 +116,11 @@ class RobustAutoFedRun(AutoFedRun):
             clients = self.sample(fed.clients_per_round)
             chunks = [clients[i :: len(groups)] for i in range(len(groups))]
             results = self.train_groups(
-                server_round, [(g.spec, g.state, c) for g, c in zip(groups, chunks)]
+                server_round, [(g.spec, g.state, c) for g, c in zip(groups, chunks)], step=False
             )
             updates = [u for res in results for u in res.updates]
             trunk = shared_average(keep.state, updates) if updates else keep.state
-            for g, res in zip(groups, results):
-                g.state = overlay(res.state, trunk)
+            self.step_trial_groups(server_round, groups, results, trunk, bool(updates))
             # The groups run side by side: the round lasts as long as the slowest one.
             self._advance([r.cost for r in results], max(r.cost.duration_s for r in results))
             for g, res in zip(groups, results):

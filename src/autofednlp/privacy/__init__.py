@@ -1,0 +1,1 @@
+"""Client-level differential privacy: clipping and noising updates, and the privacy accountant."""
