@@ -204,6 +204,7 @@ def test_trials_come_every_trial_every_rounds_without_a_stall(tiny_model_dir, tm
         "strategy.patience=100",  # never a stall
         "strategy.trial_every=2",
         "strategy.trial_rounds=1",
+        "strategy.trial_backoff=1",  # a fixed cadence (the back-off has its own tests)
     )
     summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "t", False).run()
     rows = list(csv.DictReader(open(tmp_path / "t" / "rounds.csv")))
