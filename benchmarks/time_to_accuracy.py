@@ -38,7 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from autofednlp.config import ConfigError, load_config  # noqa: E402
-from autofednlp.report.results import time_to_target  # noqa: E402
+from autofednlp.report.results import (  # noqa: E402
+    LOCK,
+    lock_run_dir,
+    time_to_target,
+    unlock_run_dir,
+)
 
 # Label skew settings (alpha, clients). 100 clients at alpha 0.1 leave some clients without a
 # sample (the partitioner refuses), hence 30 there.
@@ -124,8 +129,17 @@ def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
     if not fresh and same and (done / "summary.json").exists():
         reused = True
     else:
-        shutil.rmtree(done, ignore_errors=True)
-        run_experiment(cfg, run_dir=str(done), progress="lines")
+        # Take the run's lock before clearing its directory: another benchmark process that is
+        # writing there (or extending it with --resume) is refused in one line, never deleted
+        # under it.
+        lock_run_dir(done)
+        try:
+            for p in done.iterdir():
+                if p.name != LOCK:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            run_experiment(cfg, run_dir=str(done), progress="lines")
+        finally:
+            unlock_run_dir(done)
     return {**load_run(done), "wall_s": time.monotonic() - t0, "reused": reused}
 
 
@@ -507,6 +521,9 @@ def main() -> int:
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         try:
             r = run_method(m, common, run_out, args.fresh)
+        except ConfigError as e:  # e.g. its run directory is in use by another process
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
         except KeyboardInterrupt:
             print("interrupted: reporting what ran so far", file=sys.stderr)
             r = {**load_run(run_out / slug(m.name)), "wall_s": math.nan, "reused": False}
