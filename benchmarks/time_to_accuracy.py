@@ -169,7 +169,11 @@ def column_of(setting: str, column: str | None) -> str:
 
 
 def analyse(
-    results: list[dict], hold: int, column: str | None, targets_from: str = "any"
+    results: list[dict],
+    hold: int,
+    column: str | None,
+    targets_from: str = "any",
+    fractions: tuple[float, ...] = FRACTIONS,
 ) -> list[dict]:
     """Per setting and seed: targets from the best reading of any method (or of full
     fine-tuning, `targets_from="full"`), each method's time to each target, and the ratio to
@@ -183,7 +187,7 @@ def analyse(
         best = max((v for r in basis for _, v in served_curve(r["rows"], col)), default=None)
         if best is None:
             continue
-        for frac in FRACTIONS:
+        for frac in fractions:
             target = frac * best
             ttas = {
                 r["method"]: (time_to_target(r["rows"], target, col, hold) or {}).get("sim_time_s")
@@ -237,7 +241,7 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
     for name in autofed_methods:
         lines[0] = lines[0] if len(autofed_methods) == 1 else lines[0]
         for setting in settings:
-            for frac in FRACTIONS:
+            for frac in sorted({a["fraction"] for a in analysis}):
                 cells = [
                     a
                     for a in analysis
@@ -273,7 +277,7 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
     lines += [head, "|" + "---|" * (len(methods_in) + 2)]
     for setting in settings:
         for seed in sorted({a["seed"] for a in analysis if a["setting"] == setting}):
-            for frac in FRACTIONS:
+            for frac in sorted({a["fraction"] for a in analysis}):
                 cells = {
                     a["method"]: a
                     for a in analysis
@@ -307,7 +311,7 @@ def per_method(analysis: list[dict], settings: list[str]) -> list[str]:
             basis = "full fine-tuning's" if first["targets_from"] == "full" else "any method's"
             lines += [
                 f"{setting}, seed {seed}: simulated seconds to each target "
-                f"({first['column']}; targets = 90/95/98% of {basis} best, "
+                f"({first['column']}; targets = fractions of {basis} best, "
                 f"{first['best_any']:.3f}), x = speed-up over full fine-tuning, "
                 "/ = ratio to the best fixed configuration:",
                 "",
@@ -404,7 +408,10 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
             )
         lo = min((a["target"] for a in analysis if a["setting"] == setting), default=0.5)
         ax.set_ylim(max(0.0, lo - 0.25), min(1.0, top + 0.05))
-        ax.set_xlabel("simulated time (s)")
+        spans = [x for r in runs for x, _ in served_curve(r["rows"], col) if x > 0]
+        if spans and max(spans) > 100 * min(spans):  # full fine-tuning beside adapters
+            ax.set_xscale("log")
+        ax.set_xlabel("simulated time (s)" + (", log scale" if ax.get_xscale() == "log" else ""))
         ax.set_ylabel(f"validation {col.removeprefix('val_')} of the served model")
         ax.set_title(f"{setting} (Dirichlet alpha, clients), seed {seed}")
         ax.grid(alpha=0.3)
@@ -418,7 +425,8 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
 
 
 def write_outputs(results: list[dict], args: argparse.Namespace, out: Path) -> str:
-    analysis = analyse(results, args.hold, args.column, args.targets_from)
+    fractions = tuple(float(f) for f in args.fractions.split(","))
+    analysis = analyse(results, args.hold, args.column, args.targets_from, fractions)
     table = markdown(analysis, results)
     (out / "table.md").write_text(table + "\n")
     if analysis:
@@ -458,6 +466,11 @@ def main() -> int:
     )
     p.add_argument("--grid", default=DEFAULT_GRID, help="fixed configurations, DEPTHxWIDTH")
     p.add_argument("--rounds", type=int, default=20, help="round cap of every method")
+    p.add_argument(
+        "--fractions",
+        default=",".join(str(f) for f in FRACTIONS),
+        help="targets, as fractions of the best reading (see --targets-from)",
+    )
     p.add_argument("--hold", type=int, default=2, help="evaluations a target must hold")
     p.add_argument(
         "--column",
