@@ -8,21 +8,18 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_families import FAMILY_TYPES, tiny_batch, tiny_encoder
+from tiny_families import (
+    FAMILY_TYPES,
+    one_thread,  # noqa: F401 (an autouse fixture: tiny models on 1 thread)
+    tiny_batch,
+    tiny_encoder,
+)
 
 from autofednlp.model.build import build_from_encoder
 from autofednlp.model.export import export_model
 from autofednlp.model.kinds import TuneSpec
 
 LABELS = ["neg", "neu", "pos"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cases():

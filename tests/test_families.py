@@ -6,7 +6,14 @@ refused in one line."""
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_families import FAMILY_TYPES, LAYERS, tiny_batch, tiny_encoder
+from tiny_families import (
+    FAMILY_TYPES,
+    LAYERS,
+    kinds_for,
+    one_thread,  # noqa: F401 (an autouse fixture: tiny models on 1 thread)
+    tiny_batch,
+    tiny_encoder,
+)
 
 from autofednlp.client.cache import ActivationCache
 from autofednlp.config import ConfigError
@@ -14,21 +21,6 @@ from autofednlp.data.tokenize import trim_batch
 from autofednlp.model.build import build_from_encoder, trainable_state
 from autofednlp.model.families import family_for, supported_model_types
 from autofednlp.model.kinds import TuneSpec
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def kinds_for(model_type):
-    specs = [TuneSpec("full", 0), TuneSpec("freeze", 1), TuneSpec("lora", 2, 4)]
-    if family_for(tiny_encoder(model_type)).bottleneck:
-        specs.append(TuneSpec("bottleneck", 2, 8))
-    return specs
 
 
 def test_every_family_of_the_issue_is_supported():

@@ -10,30 +10,21 @@ DeBERTa's adapters."""
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_families import FAMILY_TYPES, LAYERS, VOCAB, tiny_encoder
+from tiny_families import (
+    FAMILY_TYPES,
+    LAYERS,
+    VOCAB,
+    kinds_for,
+    one_thread,  # noqa: F401 (an autouse fixture: tiny models on 1 thread)
+    tiny_encoder,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from autofednlp.cost.flops import train_step_flops
 from autofednlp.model.build import build_from_encoder, shape_of
-from autofednlp.model.kinds import TuneSpec
 
 TOLERANCE = 0.06
 BATCH, SEQ_LEN = 4, 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _specs(model_type):
-    specs = [TuneSpec("full", 0), TuneSpec("freeze", 1), TuneSpec("lora", 2, 4)]
-    if model_type != "modernbert":
-        specs.append(TuneSpec("bottleneck", 2, 8))
-    return specs
 
 
 def _counted_step(model, spec, cached):
@@ -51,7 +42,7 @@ def _counted_step(model, spec, cached):
 @pytest.mark.parametrize("model_type", FAMILY_TYPES)
 def test_counted_flops_match_pytorchs_count_of_a_real_step(model_type):
     shape = shape_of(tiny_encoder(model_type, attn="eager"), 3)
-    for spec in _specs(model_type):
+    for spec in kinds_for(model_type):
         for cached in (False, True) if spec.kind != "full" else (False,):
             model = build_from_encoder(tiny_encoder(model_type, attn="eager"), 3, spec, 0)
             torch_flops = _counted_step(model.train(), spec, cached)

@@ -4,6 +4,7 @@ DeBERTa is configured like v3 (relative positions in buckets, no absolute positi
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 VOCAB = 100
@@ -71,3 +72,24 @@ def tiny_batch(length: int = 12):
     mask[1, 7:] = 0
     mask[2, 4:] = 0
     return ids, mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on several that contend (import it into a
+    test module to apply it there)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def kinds_for(model_type: str) -> list:
+    """Every tune kind that applies to `model_type`: bottleneck only where `adapters` has it."""
+    from autofednlp.model.families import family_for
+    from autofednlp.model.kinds import TuneSpec
+
+    specs = [TuneSpec("full", 0), TuneSpec("freeze", 1), TuneSpec("lora", 2, 4)]
+    if family_for(tiny_encoder(model_type)).bottleneck:
+        specs.append(TuneSpec("bottleneck", 2, 8))
+    return specs
