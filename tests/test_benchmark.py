@@ -1,0 +1,67 @@
+"""benchmarks/time_to_accuracy.py's analysis: the numbers in benchmarks/RESULTS.md come from it."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_path = Path(__file__).resolve().parent.parent / "benchmarks" / "time_to_accuracy.py"
+_spec = importlib.util.spec_from_file_location("time_to_accuracy", _path)
+tta = importlib.util.module_from_spec(_spec)
+sys.modules["time_to_accuracy"] = tta  # dataclasses look their module up there
+_spec.loader.exec_module(tta)
+
+
+def _run(method, family, readings, served=None):
+    """A run's rows: one reading per second of simulated time."""
+    rows = [
+        {"round": t, "sim_time_s": float(t), "val_accuracy": acc, "served": True}
+        for t, acc in enumerate(readings, start=1)
+    ]
+    for t, acc in served or []:  # a losing trial group's reading at time t: never served
+        rows.append({"round": t, "sim_time_s": float(t), "val_accuracy": acc, "served": False})
+    return {
+        "setting": "a1-100",
+        "seed": 0,
+        "method": method,
+        "family": family,
+        "rows": rows,
+        "partial": False,
+    }
+
+
+def _cell(analysis, method, fraction):
+    return next(a for a in analysis if a["method"] == method and a["fraction"] == fraction)
+
+
+def test_targets_times_and_ratios():
+    results = [
+        _run("full", "full", [0.2, 0.5, 0.7, 0.8, 0.8]),
+        _run("d1", "fixed", [0.5, 0.9, 0.6, 0.9, 0.95, 1.0]),  # 0.9 first held at t=4..5
+        _run("d2", "fixed", [0.6, 0.9, 0.92, 0.5, 0.5, 0.5]),
+        # its 0.99 at t=1 is a losing group's: it neither sets the best nor counts
+        _run("auto", "autofed", [0.7, 0.85, 0.9, 0.9, 0.9, 0.9], served=[(1, 0.99)]),
+    ]
+    analysis = tta.analyse(results, hold=2, column=None, fractions=(0.9,))
+    assert _cell(analysis, "d1", 0.9)["target"] == pytest.approx(0.9)  # 90% of d1's 1.0
+    assert _cell(analysis, "d1", 0.9)["tta_s"] == 4.0  # t=2 held only once
+    assert _cell(analysis, "d2", 0.9)["tta_s"] == 2.0
+    auto = _cell(analysis, "auto", 0.9)
+    assert auto["tta_s"] == 3.0
+    assert auto["best_fixed"] == "d2" and auto["vs_best_fixed"] == pytest.approx(1.5)
+    assert _cell(analysis, "full", 0.9)["tta_s"] is None
+
+
+def test_targets_from_full_fine_tuning_and_speedup():
+    results = [
+        _run("full", "full", [0.2, 0.5, 0.7, 0.8, 0.8]),
+        _run("d1", "fixed", [0.5, 0.9, 0.9]),
+    ]
+    analysis = tta.analyse(results, hold=2, column=None, targets_from="full", fractions=(0.5,))
+    cell = _cell(analysis, "d1", 0.5)
+    assert cell["target"] == pytest.approx(0.4)  # half of full's 0.8, not of d1's 0.9
+    assert cell["tta_s"] == 1.0 and _cell(analysis, "full", 0.5)["tta_s"] == 2.0
+    assert cell["speedup_vs_full"] == pytest.approx(2.0)
+    table = tta.markdown(analysis, results)
+    assert "| d1 | 1.00 2x /1.00 |" in table
