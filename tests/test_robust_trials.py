@@ -43,7 +43,7 @@ def _rounds_until_due(schedule, stall_readings=None):
     """Exploit rounds until `schedule` calls a trial, the served model climbing steadily (no
     stall) unless `stall_readings` are given."""
     best = stall_readings[0] if stall_readings else 0.0
-    stall = StallDetector(patience=schedule.patience, min_delta=0.005, best=best)
+    stall = StallDetector(patience=3, min_delta=0.005, best=best)
     for since in range(1, 100):
         stall.observe(stall_readings[since - 1] if stall_readings else 0.01 * since)
         if schedule.due(since, stall):
@@ -62,16 +62,16 @@ def _rounds_until_due(schedule, stall_readings=None):
     ],
 )
 def test_trial_schedule_follows_the_returns_of_past_trials(history, every, stall_patience):
-    schedule = TrialSchedule(every=4, patience=3, backoff=2.0)
+    schedule = TrialSchedule(every=4, backoff=2.0)
     for grew in history:
         schedule.after_trial(grew)
     assert _rounds_until_due(schedule) == every
     flat = [0.5] * 40  # no gain at all: the stall rule fires first
-    assert _rounds_until_due(TrialSchedule(0, 3, 2.0, scale=schedule.scale), flat) == stall_patience
+    assert _rounds_until_due(TrialSchedule(0, 2.0, scale=schedule.scale), flat) == stall_patience
 
 
 def test_trial_schedule_with_backoff_1_is_a_fixed_cadence():
-    schedule = TrialSchedule(every=4, patience=3, backoff=1.0)
+    schedule = TrialSchedule(every=4, backoff=1.0)
     for grew in (True, False, False):
         schedule.after_trial(grew)
         assert _rounds_until_due(schedule) == 4

@@ -159,7 +159,7 @@ class StallDetector:
 @dataclass
 class TrialSchedule:
     """When the next robust trial is due: after `every` rounds of the current configuration,
-    or after `patience` stalled evaluations, both scaled by `scale`.
+    or after the stall detector's `patience` evaluations without a gain, both scaled by `scale`.
 
     A trial is an investment: its rounds last as long as the slowest candidate, and the served
     model trains beside capacity it may not keep. So the schedule follows the returns. After a
@@ -170,14 +170,13 @@ class TrialSchedule:
     """
 
     every: int
-    patience: int
     backoff: float
     max_scale: float = 4.0
     scale: float = 1.0
 
     def due(self, since_trial: int, stall: StallDetector) -> bool:
         periodic = self.every > 0 and since_trial >= math.ceil(self.every * self.scale)
-        return periodic or stall.since_gain >= math.ceil(self.patience * self.scale)
+        return periodic or stall.since_gain >= math.ceil(stall.patience * self.scale)
 
     def after_trial(self, grew: bool) -> None:
         if grew:

@@ -42,7 +42,7 @@ class RobustAutoFedRun(AutoFedRun):
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
         policy = candidate_policy(st, self.model_for(self.spec).num_layers)
-        schedule = TrialSchedule(st.trial_every, st.patience, st.trial_backoff)
+        schedule = TrialSchedule(st.trial_every, st.trial_backoff)
         saved = getattr(self, "_resumed_strategy", None)
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
