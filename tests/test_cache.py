@@ -194,3 +194,70 @@ def test_rejects_what_it_cannot_cache():
     sid, ids, mask = samples()
     with pytest.raises(ValueError, match="right-padded"):
         ActivationCache("ns").hidden_for(model, 2, sid, ids, mask.flip(1))
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_lookahead_stores_lower_boundaries_on_the_way(on_disk, tmp_path):
+    """A fill at boundary 3 with lookahead 2 also keeps boundaries 2 and 1 (not 0: under the
+    lowest boundary), exactly as a fill there would compute them; a later, deeper configuration
+    then misses nothing."""
+    model = tiny_model(TuneSpec("bottleneck", 1, 8)).eval()
+    budget = 0 if on_disk else 2**20
+    cache = ActivationCache(
+        "ns", tmp_path if on_disk else None, budget, lookahead=2, lowest_boundary=1
+    )
+    assert lookup(cache, model, 3, [0, 1, 2, 3, 4, 5])[1] == 6
+    assert cache.stats()["boundaries"] == [1, 2, 3]
+    sid, ids, mask = samples()
+    ids, mask = trim_batch(ids, mask)
+    for b in (2, 1):
+        hidden, misses = cache.hidden_for(model, b, sid, ids, mask, lookahead=())
+        assert misses == 0, b
+        torch.testing.assert_close(hidden, model.frozen_forward(ids, mask, b) * mask[..., None])
+    assert lookup(cache, model, 0, [0])[1] == 1  # under the lowest boundary: never stored
+
+
+def test_lookahead_is_not_rewritten_for_samples_already_held(tmp_path):
+    model = tiny_model(TuneSpec("bottleneck", 1, 8)).eval()
+    cache = ActivationCache("ns", tmp_path, lookahead=1)
+    lookup(cache, model, 2, [0, 1])
+    files = sorted(tmp_path.rglob("b2/*.pt"))
+    assert len(files) == 1
+    # samples 0 and 1 now miss at boundary 3; their boundary-2 entries are already held
+    assert lookup(cache, model, 3, [0, 1, 2])[1] == 3
+    assert sorted(tmp_path.rglob("b2/*.pt")) != files  # sample 2's entry only
+    assert len(sorted(tmp_path.rglob("b2/*.pt"))) == 2
+    new = (set(tmp_path.rglob("b2/*.pt")) - set(files)).pop()
+    assert torch.load(new, weights_only=True)["ids"].tolist() == [2]
+
+
+def test_frozen_states_equal_separate_frozen_passes():
+    model = tiny_model(TuneSpec("bottleneck", 1, 8)).train()
+    sid, ids, mask = samples()
+    ids, mask = trim_batch(ids, mask)
+    states = model.frozen_states(ids, mask, [3, 1, 2])
+    assert sorted(states) == [1, 2, 3] and model.training
+    for b, h in states.items():
+        torch.testing.assert_close(h, model.frozen_forward(ids, mask, b), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="boundaries"):
+        model.frozen_states(ids, mask, [NUM_LAYERS + 1])
+
+
+@pytest.mark.parametrize(
+    "strategy, depth, expected",
+    [("fixed", 0, (0, 0)), ("autofed", 0, (2, 0)), ("autofed", 3, (2, 1))],
+)
+def test_only_growing_runs_keep_lower_boundaries(strategy, depth, expected, tmp_path):
+    from autofednlp.client.worker import activation_cache
+    from autofednlp.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f'strategy.name="{strategy}"',
+            f"strategy.max_depth={depth}",
+            f'client.cache_dir="{tmp_path}"',
+        ],
+    )
+    cache = activation_cache(cfg, "run", 0, tiny_model(TuneSpec("bottleneck", 1, 8)))
+    assert (cache.lookahead, cache.lowest_boundary) == expected

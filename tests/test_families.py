@@ -192,3 +192,16 @@ def test_a_byte_level_bpe_tokenizer_reads_pre_split_words(tmp_path):
         tokenize_words([["Anna", "visited"]], [[1, 0]], tok, 8)
     enc, lost = tokenize_words([["Anna", "visited"]], [[1, 0]], words_tokenizer(tok), 8)
     assert lost == [0] and enc["labels"][0].tolist().count(1) == 1
+
+
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_frozen_states_in_one_pass_equal_each_boundary_alone(model_type):
+    """The activation cache's lookahead stores lower boundaries from one frozen pass: each
+    must be what a fill at that boundary computes (relative positions, first-layer convolution
+    and sliding windows included)."""
+    ids, mask = tiny_batch()
+    ids, mask = trim_batch(ids * mask, mask)
+    model = _model(model_type, TuneSpec("lora", 1, 4)).train()
+    states = model.frozen_states(ids, mask, range(LAYERS))
+    for b, h in states.items():
+        torch.testing.assert_close(h, model.frozen_forward(ids, mask, b), rtol=0, atol=0)

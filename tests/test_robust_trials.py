@@ -252,3 +252,39 @@ def test_a_new_run_in_a_reused_directory_pays_its_own_cache_fills(
     again = run_mod.run_experiment(cfg, str(rd), progress=False)
     assert [int(r["cache_misses"]) for r in csv.DictReader(open(rd / "rounds.csv"))] == misses
     assert again["sim_time_s"] == pytest.approx(first["sim_time_s"])
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_candidate_far_ahead_at_an_interim_look_ends_the_trial(
+    tiny_model_dir, tmp_path, monkeypatch, early
+):
+    """The interim look after a trial's first round asks for twice the bar; when a candidate
+    clears it, the trial ends there and the candidate is adopted. Without early decisions every
+    trial runs its rounds and is judged at the bar."""
+    import autofednlp.server.robust as robust
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    asked = []
+
+    def far_ahead(evidence, z):  # the first candidate always clears the interim bar only
+        asked.append(z)
+        return 0 if z == pytest.approx(2 * 1.5) else None
+
+    monkeypatch.setattr(robust, "pick_paired", far_ahead)
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=3",
+        "strategy.confidence_z=1.5",
+        f"strategy.early_decision={str(early).lower()}",
+    )
+    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "e", False).run()
+    first = summary["trajectory"][0]
+    if early:
+        assert asked[0] == pytest.approx(3.0)
+        assert (first["rounds"], first["decided_early"], first["winner"]) == (1, True, "deeper")
+    else:
+        assert asked == [1.5]
+        assert (first["rounds"], first["decided_early"], first["winner"]) == (2, False, "keep")

@@ -30,6 +30,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,18 @@ class ActivationCache:
         directory: str | Path | None = None,
         memory_budget_bytes: int = 256 * 2**20,
         dtype: torch.dtype = torch.float32,
+        lookahead: int = 0,
+        lowest_boundary: int = 0,
     ) -> None:
         if memory_budget_bytes < 0:
             raise ValueError(f"memory_budget_bytes = {memory_budget_bytes}: must be >= 0")
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype = {dtype}: expected torch.float32, float16 or bfloat16")
+        if lookahead < 0:
+            raise ValueError(f"lookahead = {lookahead}: must be >= 0")
         self.namespace = namespace
+        self.lookahead = lookahead
+        self.lowest_boundary = lowest_boundary
         self.memory_budget_bytes = memory_budget_bytes
         self.dtype = dtype
         self.hits = 0
@@ -89,11 +96,21 @@ class ActivationCache:
         sample_ids: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        lookahead: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Float32 hidden states [B, T, H] entering layer `boundary` for a right-padded batch
         (T = its width, rows zero beyond each sample's length), and how many samples were not
-        cached. Those are computed in one `frozen_forward` call on just their rows and stored."""
+        cached. Those are computed in one frozen pass on just their rows and stored.
+
+        `lookahead`: lower boundaries to store on the way for those rows (default: the
+        cache's `lookahead` boundaries just below `boundary`, none under `lowest_boundary`).
+        The pass up to `boundary` goes through them anyway, so they cost no computation, only
+        space; a later configuration that trains more layers (AutoFedNLP's growth) then finds
+        them cached instead of running the frozen layers again."""
         _check_frozen(model, boundary)
+        if lookahead is None:
+            lookahead = range(max(self.lowest_boundary, boundary - self.lookahead), boundary)
+        lookahead = sorted({b for b in lookahead if 0 <= b < boundary})
         lengths = attention_mask.sum(1)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
@@ -117,16 +134,24 @@ class ActivationCache:
             rows = torch.tensor(missing, device=input_ids.device)
             sub_ids, sub_mask = trim_batch(input_ids[rows], attention_mask[rows])
             with torch.no_grad():
-                hidden = model.frozen_forward(sub_ids, sub_mask, boundary)
-            # clone: a view would keep the whole batch tensor alive behind each entry
-            new = [
-                hidden[j, : lens[r]].to("cpu", self.dtype).clone() for j, r in enumerate(missing)
-            ]
-            if self._dir is not None:
-                self._write(boundary, [ids[r] for r in missing], new)
-            for r, t in zip(missing, new):
-                found[r] = t
-                self._remember((boundary, ids[r]), t)
+                states = model.frozen_states(sub_ids, sub_mask, [*lookahead, boundary])
+            for b, hidden in states.items():
+                # only samples this boundary lacks (a lower one may hold them from before)
+                rows = [
+                    (j, r)
+                    for j, r in enumerate(missing)
+                    if b == boundary or not self._has(b, ids[r], lens[r])
+                ]
+                if not rows:
+                    continue
+                # clone: a view would keep the whole batch tensor alive behind each entry
+                new = [hidden[j, : lens[r]].to("cpu", self.dtype).clone() for j, r in rows]
+                if self._dir is not None:
+                    self._write(b, [ids[r] for _, r in rows], new)
+                for (_, r), t in zip(rows, new):
+                    if b == boundary:
+                        found[r] = t
+                    self._remember((b, ids[r]), t)
         self._evict()
         self.hits += len(ids) - len(missing)
         self.misses += len(missing)
@@ -135,6 +160,13 @@ class ActivationCache:
         for row, t in found.items():
             out[row, : t.shape[0]] = t
         return out.to(input_ids.device), len(missing)
+
+    def _has(self, boundary: int, sid: int, n: int) -> bool:
+        t = self._mem.get((boundary, sid))
+        if t is not None:
+            return t.shape[0] == n
+        entry = self._index.get((boundary, sid))
+        return entry is not None and entry[2] == n
 
     def drop_boundaries_except(self, boundaries: set[int]) -> None:
         """Forget (memory and disk) every boundary not in `boundaries`: once depth grows past a

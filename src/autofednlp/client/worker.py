@@ -127,6 +127,10 @@ def activation_cache(
         cache_root(cfg) / run_id / f"client-{partition_id}",
         memory_budget_bytes=int(cfg.client.cache_memory_mb * 2**20),
         dtype=torch.float16 if cfg.client.cache_fp16 else torch.float32,
+        # only a run whose configuration grows ever asks for a lower boundary
+        lookahead=cfg.client.cache_lookahead if cfg.strategy.name == "autofed" else 0,
+        lowest_boundary=model.num_layers
+        - min(cfg.strategy.max_depth or model.num_layers, model.num_layers),
     )
 
 

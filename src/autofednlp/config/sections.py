@@ -205,6 +205,13 @@ class ClientConfig:
         True, "keep the frozen layers' outputs per sample and run only the trained layers after"
     )
     cache_memory_mb: float = _f(64.0, "activation cache memory per client before spilling to disk")
+    cache_lookahead: int = _f(
+        2,
+        "autofed runs: a client filling its cache also keeps the hidden states entering this "
+        "many layers below the boundary (computed on the way, so free in compute, at this many "
+        "times more space), so that a deeper configuration after a growth or in a trial finds "
+        "them cached; fixed runs never change boundary and keep none",
+    )
     cache_fp16: bool = _f(False, "store cached activations in fp16 (half the space, not exact)")
     cache_dir: str = _f(
         "", "where clients spill their activation caches; empty = $AUTOFEDNLP_CACHE/activations"
@@ -212,6 +219,7 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         _check_min(self, "client", 1, "local_epochs", "batch_size")
+        _check_min(self, "client", 0, "cache_lookahead")
         _check_choice("client.optimizer", self.optimizer, OPTIMIZERS)
         _check_min(
             self, "client", 0, "learning_rate", "weight_decay", "max_grad_norm", "cache_memory_mb"
@@ -307,6 +315,12 @@ class StrategyConfig:
         1.64,
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
         "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
+    )
+    early_decision: bool = _f(
+        True,
+        "robust: after each of a trial's rounds but the last, end it at once if a candidate is "
+        "already better than keep by twice confidence_z standard errors (new capacity starts "
+        "at zero, so an early reading is biased against the candidate, not for it)",
     )
     candidates: str = _f(
         "upgrade",

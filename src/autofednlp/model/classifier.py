@@ -11,6 +11,8 @@ see the hidden states at a boundary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -90,19 +92,32 @@ class EncoderClassifier(nn.Module):
         """Hidden states entering layer `boundary`, computed deterministically."""
         if boundary == 0 and torch.is_grad_enabled() and self.embeddings_trainable():
             return self.embed(input_ids, attention_mask)
+        return self.frozen_states(input_ids, attention_mask, [boundary])[boundary]
+
+    def frozen_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, boundaries: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Hidden states entering each of `boundaries`, in one pass up to the highest: the
+        lower ones are on its way, so they cost nothing more to compute (dropout off, no
+        gradients, as `frozen_forward`)."""
+        stops = sorted(set(boundaries))
+        if not stops or stops[0] < 0 or stops[-1] > self.num_layers:
+            raise ValueError(f"boundaries {stops}: expected values in 0..{self.num_layers}")
         was_training = self.training
         self.embeddings.eval()
-        for layer in self.layers[:boundary]:
+        for layer in self.layers[: stops[-1]]:
             layer.eval()
+        out: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            hidden = self.run_layers(
-                self.embed(input_ids, attention_mask), attention_mask, 0, boundary
-            )
+            hidden, at = self.embed(input_ids, attention_mask), 0
+            for b in stops:
+                hidden, at = self.run_layers(hidden, attention_mask, at, b), b
+                out[b] = hidden
         if was_training:
             self.embeddings.train()
-            for layer in self.layers[:boundary]:
+            for layer in self.layers[: stops[-1]]:
                 layer.train()
-        return hidden
+        return out
 
     def embeddings_trainable(self) -> bool:
         return any(p.requires_grad for p in self.embeddings.parameters())

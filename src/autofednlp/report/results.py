@@ -119,7 +119,8 @@ def new_run_dir(cfg: ExperimentConfig, run_dir: str | None = None, create: bool 
     if run_dir is not None:
         p = Path(run_dir)
         _check_dir_path(p, "--run-dir")
-        if p.exists() and any(p.iterdir()):
+        # a lock file alone (left by whoever cleared the directory for this run) is empty
+        if p.exists() and any(f.name != LOCK for f in p.iterdir()):
             raise ConfigError(f"run directory {str(p)!r} already exists and is not empty")
     else:
         _check_dir_path(Path(cfg.output_dir), "output_dir")

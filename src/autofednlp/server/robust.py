@@ -109,7 +109,7 @@ class RobustAutoFedRun(AutoFedRun):
         ]
         keep = groups[0]
         losses: dict[str, list] = {g.name: [] for g in groups}
-        rounds = 0
+        rounds, early = 0, False
         while rounds < st.trial_rounds and server_round < fed.rounds:
             server_round += 1
             rounds += 1
@@ -138,24 +138,25 @@ class RobustAutoFedRun(AutoFedRun):
                 )
                 self.record(row)
             stall.observe(keep.accuracies[-1])
-        # Judge on the trial's later rounds: new capacity starts at zero and needs a round.
-        last = math.ceil(rounds / 2)
-        evidence = [
-            paired_evidence(
-                g.name,
-                losses[keep.name][-last:],
-                losses[g.name][-last:],
-                keep.accuracies[-last:],
-                g.accuracies[-last:],
-            )
-            for g in groups[1:]
-        ]
-        pick = pick_paired(evidence, st.confidence_z)
+            if st.early_decision and rounds < st.trial_rounds:
+                # An interim look, at twice the bar: new capacity starts at zero, so an early
+                # reading is biased against a candidate, and one already far ahead need not
+                # cost the trial's remaining rounds.
+                evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
+                pick = pick_paired(evidence, 2 * st.confidence_z)
+                if pick is not None:
+                    early = True
+                    break
+        if not early:
+            # Judge on the trial's later rounds: new capacity starts at zero and needs a round.
+            evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
+            pick = pick_paired(evidence, st.confidence_z)
         winner = keep if pick is None else groups[1 + pick]
         self.spec, self.state = winner.spec, winner.state
         entry = {
             "trial": trial,
             "winner": winner.name,
+            "decided_early": early,
             "config": winner.spec.label(),
             "depth": winner.spec.depth,
             "width": winner.spec.width,
@@ -175,3 +176,18 @@ class RobustAutoFedRun(AutoFedRun):
             },
         }
         return server_round, entry
+
+    @staticmethod
+    def _evidence(groups: list, losses: dict[str, list], last: int) -> list:
+        """Each candidate against `keep` over the trial's `last` rounds."""
+        keep = groups[0]
+        return [
+            paired_evidence(
+                g.name,
+                losses[keep.name][-last:],
+                losses[g.name][-last:],
+                keep.accuracies[-last:],
+                g.accuracies[-last:],
+            )
+            for g in groups[1:]
+        ]
