@@ -65,3 +65,28 @@ def test_targets_from_full_fine_tuning_and_speedup():
     assert cell["speedup_vs_full"] == pytest.approx(2.0)
     table = tta.markdown(analysis, results)
     assert "| d1 | 1.00 2x /1.00 |" in table
+
+
+def test_the_tweets_setting_derives_its_csv_and_loads_as_classification(tmp_path):
+    """The held-out check's data: every bundled tweet, labelled by whether any word is tagged;
+    the run loads it as a two-class classification from the written file."""
+    import csv
+
+    from autofednlp.config import load_config
+    from autofednlp.data.sources import load_twitter_ner
+
+    overrides = tta.setting_overrides("tweets-a1-30", tmp_path)
+    path = tmp_path / "data" / "tweets_entity.csv"
+    assert f'data.dataset="{path.resolve()}"' in overrides
+    rows = list(csv.DictReader(open(path)))
+    ner = load_twitter_ner()
+    assert len(rows) == len(ner.tokens)
+    tagged = [any(ner.label_names[t] != "O" for t in tags) for tags in ner.tags]
+    assert [r["label"] == "entity" for r in rows] == tagged
+    assert 0 < sum(tagged) < len(rows)
+    assert rows[0]["text"] == " ".join(ner.tokens[0])
+    before = path.stat().st_mtime_ns
+    tta.setting_overrides("tweets-a1-30", tmp_path)  # the same file is left as it was
+    assert path.stat().st_mtime_ns == before
+    cfg = load_config(None, overrides)
+    assert cfg.data.dataset == str(path.resolve()) and cfg.data.task == "auto"
