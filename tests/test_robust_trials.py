@@ -288,3 +288,56 @@ def test_a_candidate_far_ahead_at_an_interim_look_ends_the_trial(
     else:
         assert asked == [1.5]
         assert (first["rounds"], first["decided_early"], first["winner"]) == (2, False, "keep")
+
+
+def test_assign_groups_puts_the_largest_clients_on_the_cheapest_configuration():
+    from autofednlp.server.policies import assign_groups
+
+    size = {c: s for c, s in zip(range(7), [50, 5, 40, 8, 30, 3, 10])}
+    per_example = [1.0, 3.0, 2.0]  # keep, deeper, wider
+
+    def estimate(c, g):
+        return size[c] * per_example[g]
+
+    groups = assign_groups(list(range(7)), 3, estimate)
+    assert [len(g) for g in groups] == [3, 2, 2]  # the sizes dealing them out would give
+    assert sorted(sum(groups, [])) == list(range(7))
+    assert groups[0] == [0, 2, 4]  # the three largest train keep
+    slowest = max(estimate(c, g) for g, members in enumerate(groups) for c in members)
+    dealt = [list(range(7))[i::3] for i in range(3)]
+    slowest_dealt = max(estimate(c, g) for g, members in enumerate(dealt) for c in members)
+    assert slowest == 50 < slowest_dealt == 90  # client 4 (30 examples) on deeper
+    assert assign_groups(list(range(7)), 3, estimate) == groups  # deterministic
+
+
+def test_the_server_knows_what_each_client_cache_holds(tiny_model_dir, tmp_path):
+    """The server's picture of its clients (data size from replies, cached boundaries from the
+    configurations they trained, with the lookahead) must be what the clients hold: trial
+    placement estimates cache fills from it."""
+    from autofednlp.client.worker import activation_cache, client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path, f'client.cache_dir="{tmp_path / "cache"}"')
+    data = client_data(cfg)
+    run = make_run(cfg, data, InProcessTransport(cfg), tmp_path / "k", False)
+    summary = run.run()
+    assert summary["trials"] > 0
+    assert run._cached and run.client_info
+    model = run.model_for(run.spec)
+    for client, held in run._cached.items():
+        assert run.client_info[client][0] == len(data.partitions[client])
+        cache = activation_cache(cfg, run.run_id, client, model)
+        assert set(cache.stats()["boundaries"]) == held, client
+    # the estimate charges a fill only where the boundary is not held
+    from autofednlp.cost.devices import client_device, get_profile
+    from autofednlp.cost.flops import fill_cache_flops
+
+    client = next(iter(run._cached))
+    held = run.client_seconds(client, run.spec, run.state)
+    run._cached[client] = set()
+    fresh = run.client_seconds(client, run.spec, run.state)
+    n = len(data.partitions[client])
+    fill = fill_cache_flops(run.shape, run.spec, 1, cfg.data.max_length) * n
+    profile = get_profile(client_device(cfg, client))
+    assert fresh - held == pytest.approx(profile.compute_s(fill))

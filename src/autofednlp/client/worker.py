@@ -127,11 +127,26 @@ def activation_cache(
         cache_root(cfg) / run_id / f"client-{partition_id}",
         memory_budget_bytes=int(cfg.client.cache_memory_mb * 2**20),
         dtype=torch.float16 if cfg.client.cache_fp16 else torch.float32,
-        # only a run whose configuration grows ever asks for a lower boundary
-        lookahead=cfg.client.cache_lookahead if cfg.strategy.name == "autofed" else 0,
-        lowest_boundary=model.num_layers
-        - min(cfg.strategy.max_depth or model.num_layers, model.num_layers),
+        **cache_lookahead(cfg, model.num_layers),
     )
+
+
+def cache_lookahead(cfg: ExperimentConfig, num_layers: int) -> dict[str, int]:
+    """How many boundaries below its own a client's cache fill keeps, and the lowest it
+    keeps: only a run whose configuration grows ever asks for a lower boundary, and never
+    below its depth cap. The server uses the same rule to know what a client holds."""
+    if cfg.strategy.name != "autofed":
+        return {"lookahead": 0, "lowest_boundary": 0}
+    max_depth = min(cfg.strategy.max_depth or num_layers, num_layers)
+    return {"lookahead": cfg.client.cache_lookahead, "lowest_boundary": num_layers - max_depth}
+
+
+def boundaries_filled(cfg: ExperimentConfig, num_layers: int, boundary: int) -> set[int]:
+    """The boundaries a client's cache holds for its samples after a round at `boundary`."""
+    if not cfg.client.activation_cache:
+        return set()
+    la = cache_lookahead(cfg, num_layers)
+    return {boundary, *range(max(la["lowest_boundary"], boundary - la["lookahead"]), boundary)}
 
 
 def train_round(

@@ -316,6 +316,13 @@ class StrategyConfig:
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
         "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
+    place_clients: bool = _f(
+        True,
+        "robust: place a trial round's sampled clients in its groups by the time each would "
+        "take (data size and device from past replies, cache fills, FLOPs), the largest on "
+        "the cheapest configuration, so a deeper candidate does not make the round longer "
+        "than it need be; false = deal them out in turn",
+    )
     early_decision: bool = _f(
         True,
         "robust: after each of a trial's rounds but the last, end it at once if a candidate is "

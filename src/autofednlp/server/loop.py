@@ -151,6 +151,7 @@ class FederatedRun:
         self._t0 = time.monotonic()
         self.next_round = 1
         self._strategy: dict[str, Any] = {}
+        self.client_info: dict[int, tuple[int, str]] = {}  # client -> (examples, device)
         self.aggregator = GroupAggregator(cfg)
         self.ledger = (
             PrivacyLedger(cfg.privacy, cfg.data.num_clients) if cfg.privacy.mode != "off" else None
@@ -171,6 +172,7 @@ class FederatedRun:
                 "spec": dataclasses.asdict(self.spec),
                 "state": self.state,
                 "clock": self.clock.state(),
+                "client_info": self.client_info,
                 "rng": self.rng.getstate(),
                 "rows": self.recorder.rows,
                 "wall_s": time.monotonic() - self._t0,
@@ -189,6 +191,7 @@ class FederatedRun:
         for k, v in ckpt["clock"].items():
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
+        self.client_info = dict(ckpt.get("client_info", {}))
         self._strategy = {k: v for k, v in ckpt["strategy"].items() if k != "finished"}
         self.aggregator.load_state_dict(ckpt.get("aggregation") or {})
         if self.ledger and ckpt.get("privacy"):
@@ -314,6 +317,12 @@ class FederatedRun:
                     failed[pid] = f"rejected: {e}"
                     continue
                 updates.append((reply.state, reply.metrics["num_examples"]))
+                # what a server learns of its clients from their replies: their data's size
+                # and device (AutoFedNLP's trials place clients by them)
+                self.client_info[pid] = (
+                    int(reply.metrics["num_examples"]) // self.cfg.client.local_epochs,
+                    str(reply.metrics.get("device", "")),
+                )
                 losses.append(float(reply.metrics["train_loss"]))
                 hits += max(int(reply.metrics.get("cache_hits", 0)), 0)
                 misses += max(int(reply.metrics.get("cache_misses", 0)), 0)

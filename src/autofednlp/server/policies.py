@@ -4,6 +4,7 @@ time budget is set, and how its winner is picked."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -258,3 +259,27 @@ def pick_paired(evidence: list[PairedEvidence], z: float) -> int | None:
     or None (keep the current configuration): noise alone rarely clears `z` standard errors."""
     better = [i for i, e in enumerate(evidence) if e.clearly_better(z)]
     return max(better, key=lambda i: (evidence[i].gain, -i)) if better else None
+
+
+def assign_groups(
+    clients: list[int], n_groups: int, estimate: Callable[[int, int], float]
+) -> list[list[int]]:
+    """Split a trial round's `clients` into `n_groups` groups of the usual sizes (as dealing
+    them out in turn would give, group 0 first), so that the round's slowest client is as fast
+    as a greedy can make it. A round lasts as long as its slowest client, and a deeper
+    candidate costs more per example (and a fill where its boundary is not cached yet); dealt
+    blindly, a large client on a deeper candidate decides the whole trial round.
+
+    `estimate(client, group)`: that client's simulated seconds when training that group's
+    configuration. The hardest clients (largest best-case estimate) are placed first, each in
+    the group with room where it would finish soonest (ties: the earlier group). Deterministic
+    in its inputs; group membership is then a function of the sampled clients, who are random.
+    """
+    sizes = [len(clients[i::n_groups]) for i in range(n_groups)]
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    order = sorted(clients, key=lambda c: (-min(estimate(c, g) for g in range(n_groups)), c))
+    for c in order:
+        room = [g for g in range(n_groups) if len(groups[g]) < sizes[g]]
+        g = min(room, key=lambda g: (estimate(c, g), g))
+        groups[g].append(c)
+    return [sorted(g) for g in groups]

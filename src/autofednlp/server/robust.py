@@ -25,10 +25,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from autofednlp.client.worker import boundaries_filled
+from autofednlp.cost.clock import client_cost
+from autofednlp.cost.devices import client_device, get_profile
+from autofednlp.cost.flops import fill_cache_flops, train_step_flops
+from autofednlp.model.build import state_bytes
+from autofednlp.model.kinds import TuneSpec
 from autofednlp.server.autofed import AutoFedRun, Group
 from autofednlp.server.policies import (
     StallDetector,
     TrialSchedule,
+    assign_groups,
     candidate_policy,
     paired_evidence,
     pick_paired,
@@ -44,11 +51,13 @@ class RobustAutoFedRun(AutoFedRun):
         policy = candidate_policy(st, self.model_for(self.spec).num_layers)
         schedule = TrialSchedule(st.trial_every, st.trial_backoff)
         saved = getattr(self, "_resumed_strategy", None)
+        self._cached = {}
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
             stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
             since_trial = saved["since_trial"]
             schedule.scale = saved.get("schedule_scale", 1.0)
+            self._cached = {int(c): set(b) for c, b in saved.get("cached", {}).items()}
         else:
             start = self.evaluate("validation")[0]
             trajectory, trial, since_trial = [], 0, 0
@@ -63,6 +72,7 @@ class RobustAutoFedRun(AutoFedRun):
                 "since_gain": stall.since_gain,
                 "since_trial": since_trial,
                 "schedule_scale": schedule.scale,
+                "cached": {c: sorted(b) for c, b in self._cached.items()},
             }
 
         while server_round < fed.rounds:
@@ -87,6 +97,39 @@ class RobustAutoFedRun(AutoFedRun):
             if fed.stop_at_target and self.time_to_target() is not None:
                 break
         return self.finish({"trajectory": trajectory, "trials": trial})
+
+    _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
+
+    def train_groups(self, server_round: int, groups: list, step: bool = True) -> list:
+        """As the base class; also notes which boundaries each client's cache now holds."""
+        results = super().train_groups(server_round, groups, step)
+        for (spec, _, _), res in zip(groups, results):
+            layers = self.model_for(spec).num_layers
+            held = boundaries_filled(self.cfg, layers, spec.boundary(layers))
+            for c in set(res.clients) - set(res.failed):
+                self._cached.setdefault(c, set()).update(held)
+        return results
+
+    def client_seconds(self, client: int, spec: TuneSpec, state: dict) -> float:
+        """The simulated seconds `client` would take for a round of `spec`, as the server
+        can tell: its data size and device from its last reply (unknown: the largest size
+        seen, the configured device), its cache fills from the boundaries it trained before,
+        the FLOP counter and the links. An estimate for placing clients, never charged."""
+        sizes = [n for n, _ in self.client_info.values()]
+        n, device = self.client_info.get(client, (max(sizes, default=1), ""))
+        layers = self.model_for(spec).num_layers
+        seq = self.cfg.data.max_length
+        cache = self.cfg.client.activation_cache
+        flops = (
+            self.cfg.client.local_epochs
+            * n
+            * train_step_flops(self.shape, spec, 1, seq, cached=cache)
+        )
+        if cache and spec.boundary(layers) not in self._cached.get(client, ()):
+            flops += n * fill_cache_flops(self.shape, spec, 1, seq)
+        profile = get_profile(device or client_device(self.cfg, client))
+        size = state_bytes(state)
+        return client_cost(self.cfg.cost, profile.compute_s(flops), size, size).total_s
 
     def _exploit_round(self, server_round: int) -> float:
         """One round of the current configuration with every sampled client."""
@@ -114,7 +157,14 @@ class RobustAutoFedRun(AutoFedRun):
             server_round += 1
             rounds += 1
             clients = self.sample(fed.clients_per_round)
-            chunks = [clients[i :: len(groups)] for i in range(len(groups))]
+            if st.place_clients:
+                chunks = assign_groups(
+                    clients,
+                    len(groups),
+                    lambda c, i: self.client_seconds(c, groups[i].spec, groups[i].state),
+                )
+            else:
+                chunks = [clients[i :: len(groups)] for i in range(len(groups))]
             results = self.train_groups(
                 server_round, [(g.spec, g.state, c) for g, c in zip(groups, chunks)], step=False
             )
