@@ -337,7 +337,51 @@ def test_the_server_knows_what_each_client_cache_holds(tiny_model_dir, tmp_path)
     held = run.client_seconds(client, run.spec, run.state)
     run._cached[client] = set()
     fresh = run.client_seconds(client, run.spec, run.state)
-    n = len(data.partitions[client])
-    fill = fill_cache_flops(run.shape, run.spec, 1, cfg.data.max_length) * n
+    n, batch = len(data.partitions[client]), cfg.client.batch_size
+    fill = fill_cache_flops(run.shape, run.spec, batch, cfg.data.max_length)
     profile = get_profile(client_device(cfg, client))
-    assert fresh - held == pytest.approx(profile.compute_s(fill))
+    assert fresh - held == pytest.approx(-(-n // batch) * profile.compute_s(fill))
+
+
+def test_keep_pace_caps_candidates_to_the_time_of_keeps_round(tiny_model_dir, tmp_path):
+    """With trial_pace = "keep" a candidate's client trains at most the steps that fit in
+    the estimated time of the slowest client of keep's group: the first trial round (the same
+    clients and weights under every pace) is shorter than when it waits for the slowest
+    candidate client, and keep's group is unchanged. "place" sends full epochs and only
+    chooses who trains what."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    first_trial, draws = {}, {}
+    for pace in ("slowest", "keep", "place"):
+        cfg = _cfg(
+            tiny_model_dir,
+            tmp_path,
+            "federation.rounds=2",  # round 1 with everyone, round 2 a trial
+            f'strategy.trial_pace="{pace}"',
+            "data.max_samples=300",  # larger clients, so that a deeper candidate is slower
+            "cost.upload_mb_per_s=1000",  # compute, not the links, decides the clients' times
+            "cost.download_mb_per_s=1000",
+        )
+        sent: list = []
+        transport = InProcessTransport(cfg)
+        train = transport.train
+        transport.train = lambda tasks, sent=sent, train=train: sent.append(tasks) or train(tasks)
+        make_run(cfg, client_data(cfg), transport, tmp_path / pace, False).run()
+        rows = list(csv.DictReader(open(tmp_path / pace / "rounds.csv")))
+        first_trial[pace] = {
+            r["group"]: float(r["round_time_s"]) for r in rows if r["round"] == "2"
+        }
+        draws[pace] = sorted(t.partition_id for t in sent[1])
+        keep_spec = min((t.spec for t in sent[1]), key=lambda s: (s.depth, s.width))
+        caps = {t.partition_id: t.max_steps for t in sent[1]}
+        if pace == "keep":
+            assert all(caps[t.partition_id] == 0 for t in sent[1] if t.spec == keep_spec)
+            assert any(caps.values())  # some candidate client could not finish in keep's time
+        else:
+            assert not any(caps.values())
+    assert draws["slowest"] == draws["keep"] == draws["place"]
+    assert first_trial["keep"]["keep"] == first_trial["slowest"]["keep"]
+    assert first_trial["slowest"]["deeper"] > first_trial["slowest"]["keep"]
+    assert first_trial["keep"]["deeper"] < first_trial["slowest"]["deeper"]

@@ -177,3 +177,25 @@ def test_asking_for_cuda_without_it_exits_2_with_one_line(argv, fragment, tmp_pa
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(err) == 1 and fragment in err[0], err
     assert not run_dir.exists()  # stopped before anything was written
+
+
+def test_max_steps_stops_local_training_and_counts_what_was_trained(tiny_model_dir):
+    """A trial's candidate keeping pace with keep's round: its first steps are exactly the
+    uncapped run's first steps (same order, same seed), and examples, steps and FLOPs count
+    only those."""
+    spec = TuneSpec("bottleneck", 1, 8)
+    shape, data = model_shape(tiny_model_dir, 2), _toy_split()
+    cfg = ClientConfig(local_epochs=2, batch_size=8)
+    results = {}
+    for cap in (0, 3, 6, 7, 12):
+        model = build_model(tiny_model_dir, 2, spec, seed=0)
+        res = local_train(model, data, cfg, 1e-3, spec.boundary(2), shape, spec, 7, max_steps=cap)
+        results[cap] = (res, trainable_state(model))
+    full, _ = results[0]
+    assert (full.steps, full.num_examples) == (12, 96)  # 2 epochs of 6 batches of 8
+    assert results[12][0] == full  # a cap at the full count changes nothing
+    assert all(torch.equal(results[12][1][k], v) for k, v in results[0][1].items())
+    for cap in (3, 6, 7):
+        res, _ = results[cap]
+        assert (res.steps, res.num_examples) == (cap, 8 * cap)
+        assert res.flops == pytest.approx(full.flops * cap / 12)

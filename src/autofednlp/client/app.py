@@ -82,6 +82,7 @@ def train(msg: Message, context: Context) -> Message:
         run_id=str(conf["run_id"]),
         data_file=data_file,
         label_names=list(conf["label_names"]),
+        max_steps=int(conf["max_steps"]) if "max_steps" in conf else 0,
     )
     content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": ConfigRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -51,6 +51,7 @@ def local_train(
     sample_ids: torch.Tensor | None = None,
     runtime: Runtime = CPU,
     proximal_mu: float = 0.0,
+    max_steps: int = 0,
 ) -> LocalResult:
     """Train `model` in place for `cfg.local_epochs` over `data`; count the FLOPs executed.
 
@@ -60,7 +61,9 @@ def local_train(
     those fills and, for every step, only the layers that actually ran. `model` must be on
     `runtime.device`; each batch is moved there. `proximal_mu` > 0 adds FedProx's proximal
     term mu/2 ||w - w_received||^2 over the trained parameters (Li et al., 2020); the reported
-    loss is the task's alone.
+    loss is the task's alone. `max_steps` > 0 stops after that many steps (a trial's candidate
+    given the time the current configuration's round takes); `num_examples` counts the samples
+    actually trained on.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -70,11 +73,14 @@ def local_train(
     scaler = runtime.grad_scaler()
     model.train()
     n = len(data)
-    losses, steps, flops = [], 0, 0.0
+    losses, steps, flops, seen = [], 0, 0.0, 0
     for _ in range(cfg.local_epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
+            if 0 < max_steps <= steps:
+                break
             idx = order[start : start + cfg.batch_size]
+            seen += len(idx)
             ids, mask = trim_batch(data.input_ids[idx], data.attention_mask[idx])
             labels = batch_labels(data.labels[idx], ids.shape[1])
             ids, mask, labels = runtime.to_device(ids, mask, labels)
@@ -96,7 +102,7 @@ def local_train(
             steps += 1
             flops += train_step_flops(shape, spec, len(idx), ids.shape[1], cached=cache is not None)
     total_loss = sum(torch.stack(losses).tolist()) if losses else 0.0
-    return LocalResult(n * cfg.local_epochs, steps, total_loss / max(steps, 1), flops)
+    return LocalResult(seen, steps, total_loss / max(steps, 1), flops)
 
 
 def batch_labels(labels: torch.Tensor, width: int) -> torch.Tensor:

@@ -159,6 +159,7 @@ def train_round(
     run_id: str = "",
     data_file: str = "",
     label_names: Sequence[str] = (),
+    max_steps: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int | str]]:
     """Train the received trainable tensors on this client's data for one round.
 
@@ -166,7 +167,9 @@ def train_round(
     the simulated compute seconds on this client's device: counted from the FLOPs, so the same
     whatever hardware (`cfg.runtime`) ran the training. `run_id` scopes the activation cache
     to one run; `data_file` (with the server's `label_names`) is a device's own data, else the
-    client trains on partition `partition_id` of the experiment's dataset.
+    client trains on partition `partition_id` of the experiment's dataset. `max_steps` > 0
+    caps the local steps (a robust trial's candidate keeping pace with the current
+    configuration's round).
     """
     local = local_data(cfg, partition_id, data_file, label_names)
     runtime = runtime_for(cfg)
@@ -195,6 +198,7 @@ def train_round(
             sample_ids=local.sample_ids,
             runtime=runtime,
             proximal_mu=cfg.aggregation.proximal_mu if cfg.aggregation.name == "fedprox" else 0.0,
+            max_steps=max_steps,
         )
     device = device or client_device(cfg, partition_id)
     profile = get_profile(device)
@@ -202,6 +206,7 @@ def train_round(
         "partition_id": partition_id,
         "data": "file" if data_file else "partition",
         "num_examples": result.num_examples,
+        "num_samples": len(local.samples),  # the client's data, however much it trained on
         "train_loss": result.train_loss,
         "steps": result.steps,
         "flops": result.flops,

@@ -49,6 +49,7 @@ WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
+TRIAL_PACES = ("keep", "place", "slowest")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
 TASKS = ("auto", "classification", "tagging")
@@ -316,12 +317,14 @@ class StrategyConfig:
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "
         "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
-    place_clients: bool = _f(
-        True,
-        "robust: place a trial round's sampled clients in its groups by the time each would "
-        "take (data size and device from past replies, cache fills, FLOPs), the largest on "
-        "the cheapest configuration, so a deeper candidate does not make the round longer "
-        "than it need be; false = deal them out in turn",
+    trial_pace: str = _f(
+        "keep",
+        "robust: what sets a trial round's length, which lasts as long as its slowest client: "
+        "keep (clients dealt out in turn; a candidate's client trains at most the local steps "
+        "that fit in the time the slowest client of keep's group takes, estimated from data "
+        "sizes and devices in past replies, cache fills and FLOPs), place (clients placed by "
+        "that estimate, the largest on the cheapest configuration, with full local epochs) "
+        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
     )
     early_decision: bool = _f(
         True,
@@ -366,6 +369,7 @@ class StrategyConfig:
             ("winner", WINNER_RULES),
             ("budget", BUDGETS),
             ("candidates", CANDIDATE_POLICIES),
+            ("trial_pace", TRIAL_PACES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")

@@ -169,6 +169,7 @@ class GridTransport:
                     "width": t.spec.width,
                     "server_round": t.server_round,
                     "run_id": t.run_id,
+                    "max_steps": t.max_steps,
                     "label_names": self.label_names,
                 }
             )

@@ -24,7 +24,13 @@ class InProcessTransport:
         for t in tasks:
             try:
                 state, metrics = train_round(
-                    self.cfg, t.partition_id, t.spec, t.state, t.server_round, run_id=t.run_id
+                    self.cfg,
+                    t.partition_id,
+                    t.spec,
+                    t.state,
+                    t.server_round,
+                    run_id=t.run_id,
+                    max_steps=t.max_steps,
                 )
             except OutOfDeviceMemory:  # this machine's GPU, not the client: every client fails
                 raise

@@ -59,6 +59,7 @@ class TrainTask:
     state: dict[str, torch.Tensor]
     server_round: int
     run_id: str = ""
+    max_steps: int = 0  # 0: the client's full local epochs
 
 
 @dataclass
@@ -287,12 +288,15 @@ class FederatedRun:
         server_round: int,
         groups: list[tuple[TuneSpec, dict, list[int]]],
         step: bool = True,
+        max_steps: dict[int, int] | None = None,
     ) -> list[GroupResult]:
         """Send every group's tasks at once (they run concurrently on real clients), then
         check and aggregate each group's replies separately. Without `step` a group's state is
-        its average, before its configuration's server optimizer (the caller steps it)."""
+        its average, before its configuration's server optimizer (the caller steps it).
+        `max_steps`: a cap on some clients' local steps (by client)."""
+        caps = max_steps or {}
         tasks = [
-            TrainTask(pid, spec, state, server_round, self.run_id)
+            TrainTask(pid, spec, state, server_round, self.run_id, caps.get(pid, 0))
             for spec, state, clients in groups
             for pid in clients
         ]
@@ -319,10 +323,10 @@ class FederatedRun:
                 updates.append((reply.state, reply.metrics["num_examples"]))
                 # what a server learns of its clients from their replies: their data's size
                 # and device (AutoFedNLP's trials place clients by them)
-                self.client_info[pid] = (
-                    int(reply.metrics["num_examples"]) // self.cfg.client.local_epochs,
-                    str(reply.metrics.get("device", "")),
-                )
+                size = reply.metrics.get("num_samples")
+                if size is None:  # a client of an older version: its epochs' examples
+                    size = int(reply.metrics["num_examples"]) // self.cfg.client.local_epochs
+                self.client_info[pid] = (int(size), str(reply.metrics.get("device", "")))
                 losses.append(float(reply.metrics["train_loss"]))
                 hits += max(int(reply.metrics.get("cache_hits", 0)), 0)
                 misses += max(int(reply.metrics.get("cache_misses", 0)), 0)

@@ -100,9 +100,15 @@ class RobustAutoFedRun(AutoFedRun):
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
 
-    def train_groups(self, server_round: int, groups: list, step: bool = True) -> list:
+    def train_groups(
+        self,
+        server_round: int,
+        groups: list,
+        step: bool = True,
+        max_steps: dict[int, int] | None = None,
+    ) -> list:
         """As the base class; also notes which boundaries each client's cache now holds."""
-        results = super().train_groups(server_round, groups, step)
+        results = super().train_groups(server_round, groups, step, max_steps)
         for (spec, _, _), res in zip(groups, results):
             layers = self.model_for(spec).num_layers
             held = boundaries_filled(self.cfg, layers, spec.boundary(layers))
@@ -110,26 +116,46 @@ class RobustAutoFedRun(AutoFedRun):
                 self._cached.setdefault(c, set()).update(held)
         return results
 
-    def client_seconds(self, client: int, spec: TuneSpec, state: dict) -> float:
-        """The simulated seconds `client` would take for a round of `spec`, as the server
-        can tell: its data size and device from its last reply (unknown: the largest size
-        seen, the configured device), its cache fills from the boundaries it trained before,
-        the FLOP counter and the links. An estimate for placing clients, never charged."""
+    def _step_seconds(self, client: int, spec: TuneSpec, state: dict) -> tuple:
+        """What the server can tell of `client` training `spec`: (samples, local steps of its
+        full epochs, seconds per step, seconds of cache fill per first-epoch step, seconds of
+        transfer). Data size and device from its last reply (unknown: the largest size seen,
+        the configured device); cache fills from the boundaries it trained before; the FLOP
+        counter; the links. An estimate for pacing trials, never charged."""
         sizes = [n for n, _ in self.client_info.values()]
         n, device = self.client_info.get(client, (max(sizes, default=1), ""))
+        c = self.cfg
+        batch, seq, cache = c.client.batch_size, c.data.max_length, c.client.activation_cache
+        profile = get_profile(device or client_device(c, client))
+        step_s = profile.compute_s(train_step_flops(self.shape, spec, batch, seq, cached=cache))
         layers = self.model_for(spec).num_layers
-        seq = self.cfg.data.max_length
-        cache = self.cfg.client.activation_cache
-        flops = (
-            self.cfg.client.local_epochs
-            * n
-            * train_step_flops(self.shape, spec, 1, seq, cached=cache)
-        )
+        fill_s = 0.0
         if cache and spec.boundary(layers) not in self._cached.get(client, ()):
-            flops += n * fill_cache_flops(self.shape, spec, 1, seq)
-        profile = get_profile(device or client_device(self.cfg, client))
+            fill_s = profile.compute_s(fill_cache_flops(self.shape, spec, batch, seq))
         size = state_bytes(state)
-        return client_cost(self.cfg.cost, profile.compute_s(flops), size, size).total_s
+        transfer_s = client_cost(c.cost, 0.0, size, size).total_s
+        return n, c.client.local_epochs * math.ceil(n / batch), step_s, fill_s, transfer_s
+
+    def _seconds_for(self, client: int, spec: TuneSpec, state: dict, steps: int) -> float:
+        n, _, step_s, fill_s, transfer_s = self._step_seconds(client, spec, state)
+        first_epoch = math.ceil(n / self.cfg.client.batch_size)
+        return transfer_s + steps * step_s + min(steps, first_epoch) * fill_s
+
+    def client_seconds(self, client: int, spec: TuneSpec, state: dict) -> float:
+        """The simulated seconds `client` would take for a full round of `spec`, as the
+        server can tell (`_step_seconds`)."""
+        full = self._step_seconds(client, spec, state)[1]
+        return self._seconds_for(client, spec, state, full)
+
+    def steps_within(self, client: int, spec: TuneSpec, state: dict, budget_s: float) -> int:
+        """The most local steps of `spec` that `client` can take within `budget_s` (at
+        least 1); 0 when its full epochs fit."""
+        full = self._step_seconds(client, spec, state)[1]
+        if self._seconds_for(client, spec, state, full) <= budget_s:
+            return 0
+        fits = [k for k in range(1, full) if self._seconds_for(client, spec, state, k) <= budget_s]
+        k = max(fits, default=1)
+        return 0 if k >= full else k
 
     def _exploit_round(self, server_round: int) -> float:
         """One round of the current configuration with every sampled client."""
@@ -157,7 +183,8 @@ class RobustAutoFedRun(AutoFedRun):
             server_round += 1
             rounds += 1
             clients = self.sample(fed.clients_per_round)
-            if st.place_clients:
+            caps: dict[int, int] = {}
+            if st.trial_pace == "place":
                 chunks = assign_groups(
                     clients,
                     len(groups),
@@ -165,8 +192,17 @@ class RobustAutoFedRun(AutoFedRun):
                 )
             else:
                 chunks = [clients[i :: len(groups)] for i in range(len(groups))]
+                # before any reply the server knows no client's size: nothing to pace by
+                if st.trial_pace == "keep" and chunks[0] and self.client_info:
+                    pace = max(self.client_seconds(c, keep.spec, keep.state) for c in chunks[0])
+                    for g, members in zip(groups[1:], chunks[1:]):
+                        for c in members:
+                            caps[c] = self.steps_within(c, g.spec, g.state, pace)
             results = self.train_groups(
-                server_round, [(g.spec, g.state, c) for g, c in zip(groups, chunks)], step=False
+                server_round,
+                [(g.spec, g.state, c) for g, c in zip(groups, chunks)],
+                step=False,
+                max_steps={c: k for c, k in caps.items() if k},
             )
             updates = [u for res in results for u in res.updates]
             trunk = shared_average(keep.state, updates) if updates else keep.state
