@@ -385,3 +385,38 @@ def test_keep_pace_caps_candidates_to_the_time_of_keeps_round(tiny_model_dir, tm
     assert first_trial["keep"]["keep"] == first_trial["slowest"]["keep"]
     assert first_trial["slowest"]["deeper"] > first_trial["slowest"]["keep"]
     assert first_trial["keep"]["deeper"] < first_trial["slowest"]["deeper"]
+
+
+@pytest.mark.parametrize("judge", ["shared", "groups"])
+def test_trial_judge_decides_whose_trunk_a_candidate_carries(tiny_model_dir, tmp_path, judge):
+    """shared: every candidate's copy of keep's tensors is the trunk averaged over all groups
+    (so it equals keep's); groups: a candidate keeps its own group's average, the upper layers
+    that trained beside its new capacity. keep, the served model, has the shared trunk."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=2",
+        "strategy.trial_rounds=1",
+        f'strategy.trial_judge="{judge}"',
+    )
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / judge, False)
+    seen = {}
+    step = run.step_trial_groups
+
+    def capture(server_round, groups, results, trunk, updated, share=True):
+        step(server_round, groups, results, trunk, updated, share)
+        seen.update({g.name: {k: v.clone() for k, v in g.state.items()} for g in groups})
+
+    run.step_trial_groups = capture
+    run.run()
+    keep = seen.pop("keep")
+    assert seen  # at least one candidate
+    for state in seen.values():
+        same = [
+            torch.equal(state[k][tuple(slice(0, n) for n in v.shape)], v) for k, v in keep.items()
+        ]
+        assert all(same) if judge == "shared" else not all(same)

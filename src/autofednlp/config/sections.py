@@ -50,6 +50,7 @@ BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
 TRIAL_PACES = ("keep", "place", "slowest")
+TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
 TASKS = ("auto", "classification", "tagging")
@@ -326,6 +327,14 @@ class StrategyConfig:
         "that estimate, the largest on the cheapest configuration, with full local epochs) "
         "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
     )
+    trial_judge: str = _f(
+        "shared",
+        "robust: what a trial compares. shared: each candidate as its own added tensors on the "
+        "trunk averaged over every group's clients, against keep (the served model). groups: "
+        "each candidate as its own group's average, against keep's group's own average, the "
+        "same number of clients each; a deeper candidate's upper layers then stay the ones "
+        "that trained beside its new layer. Either way keep is served with the shared trunk",
+    )
     early_decision: bool = _f(
         True,
         "robust: after each of a trial's rounds but the last, end it at once if a candidate is "
@@ -370,6 +379,7 @@ class StrategyConfig:
             ("budget", BUDGETS),
             ("candidates", CANDIDATE_POLICIES),
             ("trial_pace", TRIAL_PACES),
+            ("trial_judge", TRIAL_JUDGES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")

@@ -52,13 +52,20 @@ class AutoFedRun(FederatedRun):
         return grown
 
     def step_trial_groups(
-        self, server_round: int, groups: list[Group], results: list, trunk: dict, updated: bool
+        self,
+        server_round: int,
+        groups: list[Group],
+        results: list,
+        trunk: dict,
+        updated: bool,
+        share: bool = True,
     ) -> None:
         """A robust trial round's new weights from its groups' averages (`groups[0]` is keep)
         and the trunk averaged over all of them (`updated`: from any update): the server optimizer
         steps the trunk with the current configuration's state and each candidate's own
-        tensors with the candidate's, whose state then follows the current one's on the trunk.
-        With fedavg both steps take the averages as they are."""
+        tensors with the candidate's, whose state then follows the current one's on the trunk
+        (without `share` a candidate keeps its own group's trunk). With fedavg both steps take
+        the averages as they are."""
         keep, agg = groups[0], self.aggregator
         if updated:
             trunk = agg.step(keep.spec.label(), keep.state, trunk, server_round)
@@ -67,7 +74,7 @@ class AutoFedRun(FederatedRun):
             if g is not keep and res.updates:
                 own = agg.step(g.spec.label(), g.state, res.state, server_round)
                 agg.share(keep.spec.label(), g.spec.label())
-            g.state = overlay(own, trunk)
+            g.state = overlay(own, trunk) if share or g is keep else own
 
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy

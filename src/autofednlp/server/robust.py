@@ -206,14 +206,21 @@ class RobustAutoFedRun(AutoFedRun):
             )
             updates = [u for res in results for u in res.updates]
             trunk = shared_average(keep.state, updates) if updates else keep.state
-            self.step_trial_groups(server_round, groups, results, trunk, bool(updates))
+            own_keep = results[0].state if results[0].updates else keep.state
+            shared = st.trial_judge == "shared"
+            self.step_trial_groups(server_round, groups, results, trunk, bool(updates), shared)
             # The groups run side by side: the round lasts as long as the slowest one.
             self._advance([r.cost for r in results], max(r.cost.duration_s for r in results))
             for g, res in zip(groups, results):
                 ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
                 metrics = {**ev.metrics, "loss": ev.loss}
-                g.accuracies.append(metrics[self.metric])  # the run's target metric
-                losses[g.name].append(ev.sample_losses)
+                judged = ev
+                if g is keep:
+                    served = metrics[self.metric]
+                if g is keep and not shared:  # judged as its own group, as the candidates are
+                    judged = self.evaluate_result("validation", g.spec, own_keep, per_sample=True)
+                g.accuracies.append(judged.metrics[self.metric])  # the run's target metric
+                losses[g.name].append(judged.sample_losses)
                 row = self.round_row(server_round, g.spec, res)
                 row.update(
                     trial=trial,
@@ -223,7 +230,7 @@ class RobustAutoFedRun(AutoFedRun):
                     **self.metric_columns(metrics),
                 )
                 self.record(row)
-            stall.observe(keep.accuracies[-1])
+            stall.observe(served)
             if st.early_decision and rounds < st.trial_rounds:
                 # An interim look, at twice the bar: new capacity starts at zero, so an early
                 # reading is biased against a candidate, and one already far ahead need not
