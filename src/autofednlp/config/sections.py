@@ -328,7 +328,7 @@ class StrategyConfig:
         "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
     )
     trial_judge: str = _f(
-        "shared",
+        "groups",
         "robust: what a trial compares. shared: each candidate as its own added tensors on the "
         "trunk averaged over every group's clients, against keep (the served model). groups: "
         "each candidate as its own group's average, against keep's group's own average, the "
