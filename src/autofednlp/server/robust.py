@@ -13,11 +13,17 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
   current weights. The current configuration's tensors are the leading slice of every
   candidate's, and that shared trunk is averaged over every group's clients each round
   (`shared_average`): no client's work on it is lost, and `keep` is the served model.
-- Candidates then differ from `keep` only in the capacity they add, so a paired comparison of
-  per-sample validation losses (same samples, same trunk) isolates what that capacity buys. A
+- A paired comparison of per-sample validation losses (same samples) judges each candidate
+  against `keep` (`trial_judge`): as its own group's average against keep's own group's
+  (`groups`, the default: a deeper candidate keeps the upper layers that trained beside its new
+  layer), or as its added tensors on the shared trunk against the served keep (`shared`). A
   candidate replaces the current configuration only if it is better by more than
-  `confidence_z` standard errors and no worse on the target metric (`pick_paired`). It
-  continues from its final weights, not from a lucky round's.
+  `confidence_z` standard errors and no worse on the target metric (`pick_paired`); one far
+  ahead at an interim look wins at once (`early_decision`). It continues from its final
+  weights, not from a lucky round's.
+- A trial round lasts as long as its slowest client. With `trial_pace = "keep"` a candidate's
+  clients train at most the local steps that fit in the time of keep's slowest client, as the
+  server estimates it from what its clients told it (`client_seconds`).
 """
 
 from __future__ import annotations
