@@ -235,8 +235,12 @@ def analyse(
             }
             best_fixed = min(fixed.items(), key=lambda kv: kv[1]) if fixed else None
             full = next((ttas[r["method"]] for r in group if r["family"] == "full"), None)
+            first = min((t for t in ttas.values() if t is not None), default=None)
             for r in group:
                 t = ttas[r["method"]]
+                # Every method gets the same round cap, not the same simulated time: a run that
+                # ended before any method reached the target had no chance to reach it in time.
+                end = max((s for s, _ in served_curve(r["rows"], col)), default=0.0)
                 rows_out.append(
                     {
                         "setting": setting,
@@ -254,6 +258,8 @@ def analyse(
                         "best_fixed_s": best_fixed[1] if best_fixed else None,
                         "vs_best_fixed": t / best_fixed[1] if (t and best_fixed) else None,
                         "speedup_vs_full": full / t if (full and t) else None,
+                        "end_s": end,
+                        "censored": t is None and first is not None and end < first,
                     }
                 )
     return rows_out
@@ -261,6 +267,12 @@ def analyse(
 
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
+
+
+def _missed(a: dict) -> str:
+    if a["censored"]:
+        return f"not reached, censored (run ended at {a['end_s']:.2f} s)"
+    return "not reached"
 
 
 def markdown(analysis: list[dict], results: list[dict]) -> str:
@@ -293,20 +305,27 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                     agg = f"**{mean:.2f}**{spread}"
                 else:
                     agg = "**not reached** in " + ", ".join(
-                        f"seed {a['seed']}" for a in cells if a["tta_s"] is None
+                        f"seed {a['seed']}" + (" (censored)" if a["censored"] else "")
+                        for a in cells
+                        if a["tta_s"] is None
                     )
                     if all(a["tta_s"] is not None for a in cells):
                         agg = "mixed: no fixed configuration reached it in " + ", ".join(
                             f"seed {a['seed']}" for a in cells if a["best_fixed_s"] is None
                         )
                 per = "; ".join(
-                    f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', 'not reached')} / "
+                    f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', _missed(a))} / "
                     f"{_fmt(a['best_fixed_s'], '.2f')} ({a['best_fixed']})"
                     for a in cells
                 )
                 label = setting if len(autofed_methods) == 1 else f"{setting}, {name}"
                 lines.append(f"| {label} | {frac:.0%} | {agg} | {per} |")
-    lines += ["", "Every method, simulated seconds to each target (s = seed):", ""]
+    lines += [
+        "",
+        'Every method, simulated seconds to each target (s = seed; "ended": the run\'s round '
+        "cap ended before any method reached the target, so it had no chance to, censored):",
+        "",
+    ]
     methods_in = list(dict.fromkeys(r["method"] for r in results))
     head = "| setting, seed | target | " + " | ".join(methods_in) + " |"
     lines += [head, "|" + "---|" * (len(methods_in) + 2)]
@@ -325,6 +344,8 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                 for m in methods_in:
                     a = cells.get(m)
                     v = "" if a is None else _fmt(a["tta_s"], ".2f", "-")
+                    if a is not None and a["censored"]:
+                        v += f" (ended {a['end_s']:.2f})"
                     if a is not None and a["partial"]:
                         v += " (partial)"
                     vals.append(v)

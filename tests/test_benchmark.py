@@ -90,3 +90,24 @@ def test_the_tweets_setting_derives_its_csv_and_loads_as_classification(tmp_path
     assert path.stat().st_mtime_ns == before
     cfg = load_config(None, overrides)
     assert cfg.data.dataset == str(path.resolve()) and cfg.data.task == "auto"
+
+
+def test_a_run_that_ended_before_anyone_reached_a_target_is_marked_censored():
+    """Every method gets the same round cap, not the same simulated time: a run whose cheap
+    rounds ended before any method reached the target never had the chance (censored); one
+    that ran past that time and still missed it simply did not reach it."""
+    results = [
+        _run("adapters d=2 w=8", "fixed", [0.5, 0.7, 0.8, 0.9, 0.95, 0.96]),  # 0.95 at t=5
+        _run("AutoFedNLP + cache", "autofed", [0.6, 0.8, 0.85]),  # ends at t=3
+        _run("adapters d=0 w=8", "fixed", [0.6, 0.8, 0.85, 0.86, 0.86, 0.86, 0.86]),  # t=7
+    ]
+    analysis = tta.analyse(results, hold=1, column="val_accuracy", fractions=(0.98,))
+    auto = _cell(analysis, "AutoFedNLP + cache", 0.98)
+    head = _cell(analysis, "adapters d=0 w=8", 0.98)
+    assert auto["tta_s"] is None and auto["censored"] and auto["end_s"] == 3.0
+    assert head["tta_s"] is None and not head["censored"]  # it ran to t=7 and missed
+    assert not _cell(analysis, "adapters d=2 w=8", 0.98)["censored"]
+    text = tta.markdown(analysis, results)
+    assert "seed 0 (censored)" in text
+    assert "not reached, censored (run ended at 3.00 s)" in text
+    assert "- (ended 3.00)" in text
