@@ -142,25 +142,26 @@ class RobustAutoFedRun(AutoFedRun):
         transfer_s = client_cost(c.cost, 0.0, size, size).total_s
         return n, c.client.local_epochs * math.ceil(n / batch), step_s, fill_s, transfer_s
 
-    def _seconds_for(self, client: int, spec: TuneSpec, state: dict, steps: int) -> float:
-        n, _, step_s, fill_s, transfer_s = self._step_seconds(client, spec, state)
+    def _round_seconds(self, client: int, spec: TuneSpec, state: dict) -> tuple:
+        """(full local steps, seconds after k steps as a function of k) for `client` on
+        `spec`: the estimate is gathered once, then priced per step count."""
+        n, full, step_s, fill_s, transfer_s = self._step_seconds(client, spec, state)
         first_epoch = math.ceil(n / self.cfg.client.batch_size)
-        return transfer_s + steps * step_s + min(steps, first_epoch) * fill_s
+        return full, lambda k: transfer_s + k * step_s + min(k, first_epoch) * fill_s
 
     def client_seconds(self, client: int, spec: TuneSpec, state: dict) -> float:
         """The simulated seconds `client` would take for a full round of `spec`, as the
         server can tell (`_step_seconds`)."""
-        full = self._step_seconds(client, spec, state)[1]
-        return self._seconds_for(client, spec, state, full)
+        full, seconds = self._round_seconds(client, spec, state)
+        return seconds(full)
 
     def steps_within(self, client: int, spec: TuneSpec, state: dict, budget_s: float) -> int:
         """The most local steps of `spec` that `client` can take within `budget_s` (at
         least 1); 0 when its full epochs fit."""
-        full = self._step_seconds(client, spec, state)[1]
-        if self._seconds_for(client, spec, state, full) <= budget_s:
+        full, seconds = self._round_seconds(client, spec, state)
+        if seconds(full) <= budget_s:
             return 0
-        fits = [k for k in range(1, full) if self._seconds_for(client, spec, state, k) <= budget_s]
-        k = max(fits, default=1)
+        k = max((k for k in range(1, full) if seconds(k) <= budget_s), default=1)
         return 0 if k >= full else k
 
     def _exploit_round(self, server_round: int) -> float:
