@@ -246,3 +246,38 @@ def test_extending_a_finished_run_is_recorded_and_equals_the_longer_run(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # and the extended run is finished again: a plain --resume is refused
     assert main(["run", "--resume", str(finished_run)]) == 2
+
+
+def test_a_time_budget_ends_the_run_and_a_longer_one_extends_it(tiny_model_dir, tmp_path, capsys):
+    """`federation.time_budget_s`: no round starts once the simulated clock has used it up;
+    the rounds before are the unbudgeted run's; `--resume --set federation.time_budget_s=S`
+    continues it exactly as far as the longer budget allows."""
+    from autofednlp.cli import main
+
+    def run(run_dir, *extra):
+        argv = ["run", *_sets(tiny_model_dir, *extra), "--run-dir", str(run_dir)]
+        assert main([*argv, "--progress", "quiet"]) == 0
+        return _rows(run_dir)
+
+    same = ["round", "config", "clients", "val_accuracy", "bytes_up"]
+    full = run(tmp_path / "full", "federation.rounds=5")
+    times = [float(r["sim_time_s"]) for r in full]
+    assert times == sorted(times) and len(set(times)) == 5
+    # a budget between rounds 2 and 3 ends: round 3 starts before it, round 4 does not
+    budget = (times[1] + times[2]) / 2
+    cut = run(tmp_path / "cut", "federation.rounds=50", f"federation.time_budget_s={budget}")
+    assert [{k: r[k] for k in same} for r in cut] == [{k: r[k] for k in same} for r in full[:3]]
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["ended_by"] == "time_budget" and summary["time_budget_s"] == budget
+    assert "ended by the time budget" in capsys.readouterr().out
+
+    argv = ["run", "--resume", str(tmp_path / "cut"), "--progress", "quiet"]
+    assert main([*argv, "--set", f"federation.time_budget_s={budget / 2}"]) == 2
+    _one_error(capsys, "needs a longer budget")
+    assert main([*argv, "--set", f"federation.time_budget_s={times[3]}"]) == 0
+    longer = _rows(tmp_path / "cut")
+    assert [r["round"] for r in longer] == ["1", "2", "3", "4"]
+    assert [r["val_accuracy"] for r in longer] == [r["val_accuracy"] for r in full[:4]]
+    (ext,) = json.loads((tmp_path / "cut" / "extended.json").read_text())
+    assert ext["from_time_budget_s"] == budget and ext["to_time_budget_s"] == times[3]
+    assert ext["from_rounds"] == ext["to_rounds"] == 50

@@ -420,3 +420,28 @@ def test_trial_judge_decides_whose_trunk_a_candidate_carries(tiny_model_dir, tmp
             torch.equal(state[k][tuple(slice(0, n) for n in v.shape)], v) for k, v in keep.items()
         ]
         assert all(same) if judge == "shared" else not all(same)
+
+
+def test_a_time_budget_ends_trials_and_rounds_alike(tiny_model_dir, tmp_path):
+    """No round of the current configuration or of a trial starts after the budget."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "a", False).run()
+    rows = list(csv.DictReader(open(tmp_path / "a" / "rounds.csv")))
+    ends = {}
+    for r in rows:
+        ends[int(r["round"])] = float(r["sim_time_s"])
+    # a budget inside the first trial (rounds 2-3): its second round does not start
+    assert rows[1]["trial"] == "1" and ends[3] > ends[2] > ends[1]
+    budget = (ends[1] + ends[2]) / 2
+    cfg = _cfg(
+        tiny_model_dir, tmp_path, "federation.rounds=50", f"federation.time_budget_s={budget}"
+    )
+    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "b", False).run()
+    cut = list(csv.DictReader(open(tmp_path / "b" / "rounds.csv")))
+    assert sorted({int(r["round"]) for r in cut}) == [1, 2]
+    assert summary["ended_by"] == "time_budget" and summary["trials"] == 1
+    assert summary["trajectory"][0]["rounds"] == 1  # the trial was decided on what it had

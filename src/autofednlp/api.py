@@ -122,12 +122,16 @@ def run_experiment(
 
 
 def resume_experiment(
-    run_dir: str | Path, rounds: int | None = None, progress: str | bool = "lines"
+    run_dir: str | Path,
+    rounds: int | None = None,
+    progress: str | bool = "lines",
+    time_budget_s: float | None = None,
 ) -> RunResult:
-    """Continue an interrupted run; with `rounds`, extend a run (finished or not)."""
+    """Continue an interrupted run; with `rounds` (more rounds) or `time_budget_s` (a longer
+    simulated-time budget, 0 = none), extend a run (finished or not)."""
     from autofednlp import run
 
-    summary = run.resume_experiment(str(run_dir), progress, rounds)
+    summary = run.resume_experiment(str(run_dir), progress, rounds, time_budget_s)
     return load_results(summary["run_dir"])
 
 

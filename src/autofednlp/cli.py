@@ -25,6 +25,12 @@ def _fields_help() -> str:
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "f1": "entity F1"}
 
 
+def _rounds_line(s: dict[str, Any]) -> str:
+    if s.get("ended_by") == "time_budget":
+        return f"{s['rounds']} (ended by the time budget, {human_duration(s['time_budget_s'])})"
+    return str(s["rounds"])
+
+
 def format_summary(s: dict[str, Any]) -> str:
     tta = s.get("time_to_accuracy")
     reached = (
@@ -55,7 +61,7 @@ def format_summary(s: dict[str, Any]) -> str:
             if s.get("trajectory")
             else []
         ),
-        ("rounds", s["rounds"]),
+        ("rounds", _rounds_line(s)),
         (f"time to {s['target_accuracy']:.0%} {short}", reached),
         *scores,
         ("simulated time", human_duration(s["sim_time_s"])),
@@ -90,27 +96,43 @@ def _privacy(p: dict[str, Any]) -> str:
 
 
 def _extensions(history: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{e['from_rounds']} -> {e['to_rounds']} rounds ({e['at']})" for e in history)
+    def one(e: dict[str, Any]) -> str:
+        parts = []
+        if e.get("to_rounds") != e.get("from_rounds"):
+            parts.append(f"{e['from_rounds']} -> {e['to_rounds']} rounds")
+        if "to_time_budget_s" in e:
+            a, b = (e.get(k) or 0 for k in ("from_time_budget_s", "to_time_budget_s"))
+            parts.append(f"time budget {a or 'none'} -> {b or 'none'} s")
+        return f"{', '.join(parts) or 'resumed'} ({e['at']})"
+
+    return "; ".join(one(e) for e in history)
 
 
-EXTENDABLE = "federation.rounds"
+EXTENDABLE = ("federation.rounds", "federation.time_budget_s")
 
 
-def _resume_rounds(overrides: list[str]) -> int | None:
-    """`--resume` accepts one override, the one that extends a run: more rounds."""
-    rounds = None
+def _resume_extension(overrides: list[str]) -> tuple[int | None, float | None]:
+    """`--resume` accepts only the overrides that extend a run: more rounds, a longer
+    simulated-time budget (0 = none)."""
+    rounds = budget = None
     for item in overrides:
         key, _, value = item.partition("=")
-        if key.strip() != EXTENDABLE:
+        key, value = key.strip(), value.strip()
+        if key not in EXTENDABLE:
             raise ConfigError(
-                f"--resume takes the run directory's own config; only --set {EXTENDABLE}=N "
-                f"(to extend the run) may change it, not {key.strip()!r}"
+                "--resume takes the run directory's own config; only --set "
+                f"{EXTENDABLE[0]}=N or {EXTENDABLE[1]}=S (to extend the run) may change it, "
+                f"not {key!r}"
             )
         try:
-            rounds = int(value.strip())
+            if key == EXTENDABLE[0]:
+                rounds = int(value)
+            else:
+                budget = float(value)
         except ValueError:
-            raise ConfigError(f"{EXTENDABLE} = {value.strip()!r}: expected an integer") from None
-    return rounds
+            kind = "an integer" if key == EXTENDABLE[0] else "a number of seconds"
+            raise ConfigError(f"{key} = {value!r}: expected {kind}") from None
+    return rounds, budget
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.run_dir:
             raise ConfigError("--resume takes the run directory's own config: no file or --run-dir")
-        rounds = _resume_rounds(args.set)
+        rounds, budget = _resume_extension(args.set)
         what = f"resuming {args.resume}"
     else:
         cfg = load_config(args.config, args.set)
@@ -131,7 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from autofednlp.run import resume_experiment, run_experiment
 
         if args.resume:
-            summary = resume_experiment(args.resume, progress=mode, rounds=rounds)
+            summary = resume_experiment(
+                args.resume, progress=mode, rounds=rounds, time_budget_s=budget
+            )
         else:
             summary = run_experiment(cfg, args.run_dir, progress=mode)
     if mode == "json":

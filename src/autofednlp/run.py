@@ -212,13 +212,17 @@ def config_differences(recorded: dict[str, Any], current: dict[str, Any], prefix
 
 
 def resume_experiment(
-    run_dir: str, progress: str | bool = "lines", rounds: int | None = None
+    run_dir: str,
+    progress: str | bool = "lines",
+    rounds: int | None = None,
+    time_budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Continue a killed run from its last checkpoint; it ends as the uninterrupted run would.
 
     The run's `config.toml` must still say what the run started with (a changed key is
     refused, named). A finished run is refused unless `rounds` extends it past its
-    `federation.rounds`; the extension is recorded in `extended.json` and the summary."""
+    `federation.rounds` or `time_budget_s` past its `federation.time_budget_s` (0 = no
+    budget); the extension is recorded in `extended.json` and the summary."""
     from autofednlp.client.cache import prune_newer_than
     from autofednlp.client.worker import cache_root
     from autofednlp.server.loop import run_id_for
@@ -243,17 +247,19 @@ def resume_experiment(
                         f"started with: {shown}{more}; put it back, or start a new run"
                     )
             finished = (rd / "summary.json").is_file()
-            if finished and rounds is None:
+            extend = rounds is not None or time_budget_s is not None
+            if finished and not extend:
                 raise ConfigError(
                     f"--resume {str(rd)!r}: the run is finished ({cfg.federation.rounds} rounds); "
-                    "to train it further, extend it: --resume DIR --set federation.rounds=N"
+                    "to train it further, extend it: --resume DIR --set federation.rounds=N "
+                    "(or --set federation.time_budget_s=S for a run with a time budget)"
                 )
-            if rounds is not None:
-                _check_extension(rd, cfg, ckpt, rounds, finished)
+            if extend:
+                _check_extension(rd, cfg, ckpt, rounds, time_budget_s, finished)
             show.note(f"resuming {rd} from round {ckpt['next_round']}")
             preflight(cfg)
-            if rounds is not None:
-                cfg = _extend(rd, cfg, ckpt, rounds, finished)
+            if extend:
+                cfg = _extend(rd, cfg, ckpt, rounds, time_budget_s, finished)
             prune_newer_than(cache_root(cfg) / run_id_for(rd), ckpt["time_ns"])
         except BaseException:
             unlock_run_dir(rd)
@@ -264,13 +270,27 @@ def resume_experiment(
 
 
 def _check_extension(
-    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], rounds: int, finished: bool
+    rd: Path,
+    cfg: ExperimentConfig,
+    ckpt: dict[str, Any],
+    rounds: int | None,
+    budget: float | None,
+    finished: bool,
 ) -> None:
-    before = cfg.federation.rounds
-    if rounds <= before:
+    fed = cfg.federation
+    if rounds is not None and rounds <= fed.rounds:
         raise ConfigError(
-            f"federation.rounds = {rounds}: extending a run needs more than its {before} rounds"
+            f"federation.rounds = {rounds}: extending a run needs more than its {fed.rounds} rounds"
         )
+    if budget is not None:
+        if budget < 0:
+            raise ConfigError(f"federation.time_budget_s = {budget}: must be >= 0 (0 = no budget)")
+        if budget != 0 and (fed.time_budget_s == 0 or budget <= fed.time_budget_s):
+            had = f"{fed.time_budget_s} s" if fed.time_budget_s else "none (no limit)"
+            raise ConfigError(
+                f"federation.time_budget_s = {budget}: extending a run needs a longer budget "
+                f"than its {had} (or 0 for no limit)"
+            )
     strategy = ckpt.get("strategy", {})
     if cfg.strategy.name == "autofed" and finished and "trajectory" not in strategy:
         raise ConfigError(
@@ -280,27 +300,39 @@ def _check_extension(
 
 
 def _extend(
-    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], rounds: int, finished: bool
+    rd: Path,
+    cfg: ExperimentConfig,
+    ckpt: dict[str, Any],
+    rounds: int | None,
+    budget: float | None,
+    finished: bool,
 ) -> ExperimentConfig:
-    """Raise the run's `federation.rounds`, recorded in the checkpoint and `extended.json`."""
-    before = cfg.federation.rounds
-    cfg = dataclasses.replace(cfg, federation=dataclasses.replace(cfg.federation, rounds=rounds))
+    """Raise the run's `federation.rounds` and/or `federation.time_budget_s`, recorded in the
+    checkpoint and `extended.json`."""
+    fed = cfg.federation
+    new = dataclasses.replace(
+        fed,
+        rounds=fed.rounds if rounds is None else rounds,
+        time_budget_s=fed.time_budget_s if budget is None else budget,
+    )
+    cfg = dataclasses.replace(cfg, federation=new)
     path = rd / "extended.json"
     history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    history.append(
-        {
-            "from_rounds": before,
-            "to_rounds": rounds,
-            "was_finished": finished,
-            "at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-    )
+    entry: dict[str, Any] = {"from_rounds": fed.rounds, "to_rounds": new.rounds}
+    if budget is not None:
+        entry |= {"from_time_budget_s": fed.time_budget_s, "to_time_budget_s": budget}
+    history.append({**entry, "was_finished": finished, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
     write_json_atomic(path, history)
     # the record agrees with itself from now on: the checkpoint carries the new config and
     # the old summary goes (the run is not finished any more)
     save_checkpoint(rd, {**ckpt, "config": to_dict(cfg)})
     (rd / "summary.json").unlink(missing_ok=True)
-    show.note(f"extending the run from {before} to {rounds} rounds (recorded in extended.json)")
+    what = []
+    if rounds is not None:
+        what.append(f"from {fed.rounds} to {rounds} rounds")
+    if budget is not None:
+        what.append(f"its time budget from {fed.time_budget_s or 'none'} to {budget or 'none'} s")
+    show.note(f"extending the run {' and '.join(what)} (recorded in extended.json)")
     return cfg
 
 

@@ -231,6 +231,12 @@ class ClientConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = _f(20, "maximum federated rounds")
+    time_budget_s: float = _f(
+        0.0,
+        "simulated seconds after which no new round starts (0 = no limit); the run ends at "
+        "federation.rounds or here, whichever comes first. Compare methods at equal "
+        "simulated time: a cheap configuration runs more rounds in it",
+    )
     clients_per_round: int = _f(15, "clients sampled each round")
     eval_every: int = _f(1, "evaluate the global model on the validation split every N rounds")
     target_accuracy: float = _f(
@@ -267,7 +273,7 @@ class FederationConfig:
         _check_min(
             self, "federation", 1, "rounds", "clients_per_round", "eval_every", "target_hold"
         )
-        _check_min(self, "federation", 0, "checkpoint_every", "round_timeout_s")
+        _check_min(self, "federation", 0, "checkpoint_every", "round_timeout_s", "time_budget_s")
         _check(
             0 < self.target_accuracy <= 1,
             "federation.target_accuracy",

@@ -87,7 +87,7 @@ class AutoFedRun(FederatedRun):
             start_acc = self.evaluate("validation", self.spec, self.state)[0]
             trajectory, trial, reached = [], 0, False
         server_round = self.next_round - 1
-        while server_round < fed.rounds and not (fed.stop_at_target and reached):
+        while self.more_rounds(server_round) and not (fed.stop_at_target and reached):
             trial += 1
             groups = [
                 Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec))
@@ -96,7 +96,9 @@ class AutoFedRun(FederatedRun):
             group_size = max(1, fed.clients_per_round // len(groups))
             budget = trial_budget_s(st, self.spec, [0.0]) if st.budget == "paper" else None
             trial_start, spent = self.clock.time_s, []
-            while server_round < fed.rounds:
+            while self.more_rounds(
+                server_round, trial_start + max((g.time_s for g in groups), default=0.0)
+            ):
                 active = [
                     g
                     for g in groups

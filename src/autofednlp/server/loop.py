@@ -392,9 +392,28 @@ class FederatedRun:
         self.recorder.round(row)
         self.progress(row)
 
+    def out_of_time(self, now_s: float | None = None) -> bool:
+        """Whether the simulated clock (or `now_s`) has used up `federation.time_budget_s`:
+        then no new round starts."""
+        budget = self.cfg.federation.time_budget_s
+        return budget > 0 and (self.clock.time_s if now_s is None else now_s) >= budget
+
+    def more_rounds(self, server_round: int, now_s: float | None = None) -> bool:
+        """Whether a round may follow `server_round`: neither the round cap nor the time
+        budget is reached."""
+        return server_round < self.cfg.federation.rounds and not self.out_of_time(now_s)
+
+    def ended_by(self) -> str:
+        fed = self.cfg.federation
+        if fed.stop_at_target and self.time_to_target() is not None:
+            return "target"
+        return "time_budget" if self.out_of_time() else "rounds"
+
     def run(self) -> dict[str, Any]:
         fed = self.cfg.federation
         for r in range(self.next_round, fed.rounds + 1):
+            if self.out_of_time():
+                break
             clients = self.sample(fed.clients_per_round)
             (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
             self.state = res.state
@@ -402,7 +421,7 @@ class FederatedRun:
             row = self.round_row(r, self.spec, res)
             row["served"] = True
             row["val_accuracy"], row["val_loss"] = (None, None)
-            if r % fed.eval_every == 0 or r == fed.rounds:
+            if r % fed.eval_every == 0 or not self.more_rounds(r):
                 row.update(self.metric_columns(self.evaluate_metrics("validation")))
             row["sim_time_s"] = self.clock.time_s
             self.record(row)
@@ -428,6 +447,9 @@ class FederatedRun:
             "task": self.data.task,
             "config": self.spec.label(),
             "rounds": len({r["round"] for r in rows}),
+            # what ended the run: the round cap, the simulated-time budget or the target
+            "ended_by": self.ended_by(),
+            "time_budget_s": self.cfg.federation.time_budget_s or None,
             "target_metric": self.metric,
             "target_accuracy": target,  # the target value of target_metric (the key is old)
             "time_to_accuracy": self.time_to_target(),

@@ -81,7 +81,7 @@ class RobustAutoFedRun(AutoFedRun):
                 "cached": {c: sorted(b) for c, b in self._cached.items()},
             }
 
-        while server_round < fed.rounds:
+        while self.more_rounds(server_round):
             candidates = policy(self.spec)
             if schedule.due(since_trial, stall) and len(candidates) > 1:
                 trial += 1
@@ -186,7 +186,7 @@ class RobustAutoFedRun(AutoFedRun):
         keep = groups[0]
         losses: dict[str, list] = {g.name: [] for g in groups}
         rounds, early = 0, False
-        while rounds < st.trial_rounds and server_round < fed.rounds:
+        while rounds < st.trial_rounds and self.more_rounds(server_round):
             server_round += 1
             rounds += 1
             clients = self.sample(fed.clients_per_round)
