@@ -1,8 +1,14 @@
 """Time to target, side by side: fixed adapter configurations against AutoFedNLP, over
 several data settings and seeds (plus full fine-tuning and layer freezing on request).
 
-Every method runs its full round cap on the same data, partition, seed and device/network
-profile. Only then are the targets set: 90/95/98% of the best validation reading any method
+Every method gets the same simulated time on the same data, partition, seed and device/network
+profile (`--budget time`, the default): the grid's costliest fixed configuration (deepest, then
+widest) runs `--rounds` rounds first, and its simulated time is every other method's
+`federation.time_budget_s` (with `--max-rounds` as their round cap). A cheap configuration, or
+AutoFedNLP while it is small, so runs more rounds, as it would in the same hours on real
+devices; readings after the budget do not count. `--budget rounds` gives every method the same
+round cap instead (the earlier benchmark), which ends cheap methods early. Only after the runs
+are the targets set: 90/95/98% of the best validation reading any method
 reached in that setting and seed, so no method's stopping rule shapes them. A method's time to
 a target is the first simulated time at which the model the server would hand out at that
 moment (a fixed run's global model; AutoFedNLP's current configuration and weights, never a
@@ -179,14 +185,51 @@ def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
 
 
 def load_run(run_dir: Path) -> dict:
-    """A run's rows and summary; a run without summary.json is partial (stopped early)."""
+    """A run's rows and summary; a run without summary.json is partial (stopped early).
+    `budget_s` is its simulated-time budget (None: none)."""
+    import tomllib
+
+    budget = None
+    if (run_dir / "config.toml").is_file():
+        fed = tomllib.loads((run_dir / "config.toml").read_text()).get("federation", {})
+        budget = fed.get("time_budget_s") or None
     rows = []
     jsonl = run_dir / "rounds.jsonl"
     if jsonl.exists():
         rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return {"rows": rows, "summary": summary, "partial": summary is None}
+    return {"rows": rows, "summary": summary, "partial": summary is None, "budget_s": budget}
+
+
+def within_budget(results: list[dict]) -> list[dict]:
+    """Each run's rows up to its setting and seed's time budget (the smallest of its runs'):
+    a round that started before the budget and ended after it does not count, for any method."""
+    budgets: dict[tuple, float] = {}
+    for r in results:
+        if r.get("budget_s"):
+            key = (r["setting"], r["seed"])
+            budgets[key] = min(budgets.get(key, math.inf), r["budget_s"])
+    out = []
+    for r in results:
+        b = budgets.get((r["setting"], r["seed"]))
+        rows = r["rows"] if b is None else [x for x in r["rows"] if x["sim_time_s"] <= b + 1e-9]
+        out.append({**r, "rows": rows, "group_budget_s": b})
+    return out
+
+
+def reference_first(todo: list[Method]) -> list[Method]:
+    """The fixed configuration that sets the time budget (deepest, then widest) first."""
+    fixed = [m for m in todo if m.family == "fixed"]
+    if not fixed:
+        return todo
+    ref = max(fixed, key=lambda m: (_depth_width(m), -todo.index(m)))
+    return [ref, *(m for m in todo if m is not ref)]
+
+
+def _depth_width(m: Method) -> tuple[int, int]:
+    kv = dict(o.split("=", 1) for o in m.overrides if o.startswith("tune."))
+    return int(kv["tune.depth"]), int(kv["tune.width"])
 
 
 def served_curve(rows: list[dict], column: str) -> list[tuple[float, float]]:
@@ -238,8 +281,8 @@ def analyse(
             first = min((t for t in ttas.values() if t is not None), default=None)
             for r in group:
                 t = ttas[r["method"]]
-                # Every method gets the same round cap, not the same simulated time: a run that
-                # ended before any method reached the target had no chance to reach it in time.
+                # A run that ended (its round cap: always with --budget rounds, rarely with the
+                # time budget) before any method reached the target had no chance to reach it.
                 end = max((s for s, _ in served_curve(r["rows"], col)), default=0.0)
                 rows_out.append(
                     {
@@ -481,6 +524,7 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
 
 
 def write_outputs(results: list[dict], args: argparse.Namespace, out: Path) -> str:
+    results = within_budget(results)
     fractions = tuple(float(f) for f in args.fractions.split(","))
     analysis = analyse(results, args.hold, args.column, args.targets_from, fractions)
     table = markdown(analysis, results)
@@ -521,7 +565,26 @@ def main() -> int:
         "full, freeze",
     )
     p.add_argument("--grid", default=DEFAULT_GRID, help="fixed configurations, DEPTHxWIDTH")
-    p.add_argument("--rounds", type=int, default=20, help="round cap of every method")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=20,
+        help="rounds of the reference (the grid's costliest fixed configuration) with --budget "
+        "time; the round cap of every method with --budget rounds",
+    )
+    p.add_argument(
+        "--budget",
+        choices=("time", "rounds"),
+        default="time",
+        help="time: every method gets the simulated time of the reference's --rounds rounds; "
+        "rounds: every method gets --rounds rounds",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="with --budget time, the round cap of the other methods (default 5 x --rounds)",
+    )
     p.add_argument(
         "--fractions",
         default=",".join(str(f) for f in FRACTIONS),
@@ -554,9 +617,17 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 6)
+    if args.max_rounds is None:
+        args.max_rounds = 5 * args.rounds
     out = Path(args.out)
     grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",") if g]
     todo = methods(args.methods.split(","), grid)
+    timed = args.budget == "time" and any(m.family == "fixed" for m in todo)
+    if args.budget == "time" and not timed:
+        raise SystemExit("--budget time: the fixed grid sets the budget; add fixed to --methods")
+    if timed:
+        todo = reference_first(todo)
+    budgets: dict[tuple[str, int], float] = {}
     settings = args.settings.split(",")
     for s in settings:
         if s not in SETTINGS:
@@ -573,7 +644,6 @@ def main() -> int:
             f"data.max_length={args.max_length}",
             *(["data.max_samples=800"] if args.quick else []),
             "federation.engine=inprocess",
-            f"federation.rounds={args.rounds}",
             "federation.stop_at_target=false",
             f"cost.devices={{{args.device} = 1}}",
             f"cost.upload_mb_per_s={args.mb_per_s}",
@@ -582,11 +652,21 @@ def main() -> int:
             *args.set,
         ]
         run_out = out / "runs" / setting / f"seed{seed}"
+        if timed and m is not todo[0]:
+            budget = budgets.get((setting, seed))
+            if budget is None:  # the reference did not finish: nothing to give the others
+                print(f"skipped {m.name}: no time budget", file=sys.stderr)
+                continue
+            common += [f"federation.rounds={args.max_rounds}", f"federation.time_budget_s={budget}"]
+        else:
+            common.append(f"federation.rounds={args.rounds}")
         if args.report_only:
             found = load_run(run_out / slug(m.name))
             if found["rows"]:
                 row = {"setting": setting, "seed": seed, "method": m.name, "family": m.family}
                 results.append({**row, **found, "wall_s": math.nan, "reused": True})
+                if timed and m is todo[0] and found["summary"]:
+                    budgets[(setting, seed)] = found["summary"]["sim_time_s"]
             continue
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         try:
@@ -604,6 +684,8 @@ def main() -> int:
         results.append(
             {"setting": setting, "seed": seed, "method": m.name, "family": m.family, **r}
         )
+        if timed and m is todo[0] and r["summary"]:
+            budgets[(setting, seed)] = r["summary"]["sim_time_s"]
         write_outputs(results, args, out)
     print(write_outputs(results, args, out))
     print(f"\nresults in {out}/ (table.md, results.csv, results.json, accuracy_vs_time_*.png)")

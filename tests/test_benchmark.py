@@ -111,3 +111,30 @@ def test_a_run_that_ended_before_anyone_reached_a_target_is_marked_censored():
     assert "seed 0 (censored)" in text
     assert "not reached, censored (run ended at 3.00 s)" in text
     assert "- (ended 3.00)" in text
+
+
+def test_with_a_time_budget_readings_past_it_do_not_count_for_any_method():
+    """--budget time: the costliest fixed configuration runs first and sets the budget; a
+    round that started before the budget and ended after it counts for no method."""
+    ref = _run("adapters d=2 w=8", "fixed", [0.5, 0.7, 0.8, 0.9])  # ends at t=4: the budget
+    ref["budget_s"] = None
+    auto = _run("AutoFedNLP + cache", "autofed", [0.6, 0.8, 0.85, 0.85, 0.95])  # t=5: past it
+    head = _run("adapters d=0 w=8", "fixed", [0.6, 0.8, 0.9, 0.9])
+    auto["budget_s"] = head["budget_s"] = 4.0
+    cut = tta.within_budget([ref, auto, head])
+    assert [len(r["rows"]) for r in cut] == [4, 4, 4]
+    assert all(r["group_budget_s"] == 4.0 for r in cut)
+    analysis = tta.analyse(cut, hold=1, column="val_accuracy", fractions=(1.0,))
+    assert _cell(analysis, "AutoFedNLP + cache", 1.0)["target"] == 0.9  # not its 0.95 at t=5
+    assert _cell(analysis, "adapters d=0 w=8", 1.0)["tta_s"] == 3.0
+    # without budgets (--budget rounds) nothing is cut
+    auto["budget_s"] = head["budget_s"] = None
+    assert [len(r["rows"]) for r in tta.within_budget([ref, auto, head])] == [4, 5, 4]
+
+
+def test_the_deepest_then_widest_fixed_configuration_sets_the_budget():
+    todo = tta.methods(["autofed", "fixed"], [(0, 8), (2, 8), (1, 32), (2, 4)])
+    ordered = tta.reference_first(todo)
+    assert ordered[0].name == "adapters d=2 w=8"
+    assert sorted(m.name for m in ordered) == sorted(m.name for m in todo)
+    assert tta.reference_first(tta.methods(["autofed"], [])) == tta.methods(["autofed"], [])
