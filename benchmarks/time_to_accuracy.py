@@ -117,6 +117,18 @@ def methods(which: list[str], grid: list[tuple[int, int]]) -> list[Method]:
     return out
 
 
+def with_autofed_overrides(todo: list[Method], overrides: list[str]) -> list[Method]:
+    """AutoFedNLP methods with `overrides` added, and named by them: a design variant runs in
+    its own directory beside the default's, against the same fixed runs."""
+    if not overrides:
+        return todo
+    tag = " [" + ", ".join(overrides) + "]"
+    return [
+        Method(m.name + tag, m.family, (*m.overrides, *overrides)) if m.family == "autofed" else m
+        for m in todo
+    ]
+
+
 def tweets_entity_csv(out: Path) -> Path:
     """The bundled Twitter NER tweets as text,label rows: "entity" if any word is tagged,
     else "none". Deterministic, so every run of the setting sees the same file."""
@@ -608,6 +620,13 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="800 samples, 6 rounds: a smoke run")
     p.add_argument("--out", default="benchmarks/results/time_to_accuracy")
     p.add_argument("--set", action="append", default=[], help="extra config override")
+    p.add_argument(
+        "--autofed-set",
+        action="append",
+        default=[],
+        help="config override for the AutoFedNLP methods only, named in their method name "
+        "(e.g. strategy.trial_every=0: a design measured against the same fixed runs)",
+    )
     p.add_argument("--fresh", action="store_true", help="rerun even identical finished runs")
     p.add_argument(
         "--report-only",
@@ -621,7 +640,7 @@ def main() -> int:
         args.max_rounds = 5 * args.rounds
     out = Path(args.out)
     grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",") if g]
-    todo = methods(args.methods.split(","), grid)
+    todo = with_autofed_overrides(methods(args.methods.split(","), grid), args.autofed_set)
     timed = args.budget == "time" and any(m.family == "fixed" for m in todo)
     if args.budget == "time" and not timed:
         raise SystemExit("--budget time: the fixed grid sets the budget; add fixed to --methods")

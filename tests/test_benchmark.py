@@ -138,3 +138,13 @@ def test_the_deepest_then_widest_fixed_configuration_sets_the_budget():
     assert ordered[0].name == "adapters d=2 w=8"
     assert sorted(m.name for m in ordered) == sorted(m.name for m in todo)
     assert tta.reference_first(tta.methods(["autofed"], [])) == tta.methods(["autofed"], [])
+
+
+def test_autofed_overrides_name_a_variant_and_leave_the_fixed_runs_alone():
+    todo = tta.methods(["fixed", "autofed"], [(0, 8)])
+    out = tta.with_autofed_overrides(todo, ["strategy.trial_every=0"])
+    assert out[0] == todo[0]  # the fixed run: same name, same config, so it is reused
+    assert out[1].name == "AutoFedNLP + cache [strategy.trial_every=0]"
+    assert out[1].overrides[-1] == "strategy.trial_every=0"
+    assert tta.slug(out[1].name) != tta.slug(todo[1].name)  # its own run directory
+    assert tta.with_autofed_overrides(todo, []) == todo
