@@ -378,7 +378,7 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
     lines += [
         "",
         'Every method, simulated seconds to each target (s = seed; "ended": the run\'s round '
-        "cap ended before any method reached the target, so it had no chance to, censored):",
+        "cap ended it before any method reached the target, so it had no chance to, censored):",
         "",
     ]
     methods_in = list(dict.fromkeys(r["method"] for r in results))
@@ -405,6 +405,23 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                         v += " (partial)"
                     vals.append(v)
                 lines.append(f"| {setting}, s{seed} | {tgt:.3f} | " + " | ".join(vals) + " |")
+    capped = [
+        r
+        for r in results
+        if r.get("budget_s") and (r.get("summary") or {}).get("ended_by") == "rounds"
+    ]
+    if capped:
+        lines += [
+            "",
+            "Runs that ended by their round cap (--max-rounds) before the time budget: a miss "
+            "there after every reading is marked ended/censored above.",
+            "",
+            *(
+                f"- {r['setting']} s{r['seed']}, {r['method']}: {r['summary']['rounds']} rounds "
+                f"in {r['summary']['sim_time_s']:.2f} s of {r['budget_s']:.2f} s"
+                for r in capped
+            ),
+        ]
     if any(a["family"] == "full" for a in analysis):
         lines += ["", *per_method(analysis, settings)]
     return "\n".join(lines)
@@ -668,9 +685,15 @@ def main() -> int:
             f"cost.upload_mb_per_s={args.mb_per_s}",
             f"cost.download_mb_per_s={args.mb_per_s}",
             "tune.kind=bottleneck",
-            *args.set,
         ]
-        run_out = out / "runs" / setting / f"seed{seed}"
+        # each budget mode in its own tree: one never clears the other's runs
+        run_out = out / ("runs" if timed else "runs-rounds") / setting / f"seed{seed}"
+        if args.report_only:  # each run as it ran, its own budget included
+            found = load_run(run_out / slug(m.name))
+            if found["rows"]:
+                row = {"setting": setting, "seed": seed, "method": m.name, "family": m.family}
+                results.append({**row, **found, "wall_s": math.nan, "reused": True})
+            continue
         if timed and m is not todo[0]:
             budget = budgets.get((setting, seed))
             if budget is None:  # the reference did not finish: nothing to give the others
@@ -679,14 +702,7 @@ def main() -> int:
             common += [f"federation.rounds={args.max_rounds}", f"federation.time_budget_s={budget}"]
         else:
             common.append(f"federation.rounds={args.rounds}")
-        if args.report_only:
-            found = load_run(run_out / slug(m.name))
-            if found["rows"]:
-                row = {"setting": setting, "seed": seed, "method": m.name, "family": m.family}
-                results.append({**row, **found, "wall_s": math.nan, "reused": True})
-                if timed and m is todo[0] and found["summary"]:
-                    budgets[(setting, seed)] = found["summary"]["sim_time_s"]
-            continue
+        common += args.set  # last: the user's overrides win
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         try:
             r = run_method(m, common, run_out, args.fresh)

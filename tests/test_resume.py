@@ -274,6 +274,14 @@ def test_a_time_budget_ends_the_run_and_a_longer_one_extends_it(tiny_model_dir, 
     argv = ["run", "--resume", str(tmp_path / "cut"), "--progress", "quiet"]
     assert main([*argv, "--set", f"federation.time_budget_s={budget / 2}"]) == 2
     _one_error(capsys, "needs a longer budget")
+    assert main([*argv, "--set", "federation.time_budget_s=inf"]) == 2
+    _one_error(capsys, "expected a finite number")
+    # more rounds alone, or a budget the clock has already passed, would add no round
+    assert main([*argv, "--set", "federation.rounds=60"]) == 2
+    _one_error(capsys, "past federation.time_budget_s", "give it a longer budget")
+    assert main([*argv, "--set", f"federation.time_budget_s={(times[2] + budget) / 2}"]) == 2
+    _one_error(capsys, "give it a longer budget")
+    assert not (tmp_path / "cut" / "extended.json").exists()
     assert main([*argv, "--set", f"federation.time_budget_s={times[3]}"]) == 0
     longer = _rows(tmp_path / "cut")
     assert [r["round"] for r in longer] == ["1", "2", "3", "4"]
@@ -281,3 +289,7 @@ def test_a_time_budget_ends_the_run_and_a_longer_one_extends_it(tiny_model_dir, 
     (ext,) = json.loads((tmp_path / "cut" / "extended.json").read_text())
     assert ext["from_time_budget_s"] == budget and ext["to_time_budget_s"] == times[3]
     assert ext["from_rounds"] == ext["to_rounds"] == 50
+    # a run that ended by its round cap gains nothing from a budget of 0 (none)
+    argv = ["run", "--resume", str(tmp_path / "full"), "--progress", "quiet"]
+    assert main([*argv, "--set", "federation.time_budget_s=0"]) == 2
+    _one_error(capsys, "has trained 5 rounds", "adds none")

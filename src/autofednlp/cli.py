@@ -301,7 +301,9 @@ def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         help="continue an interrupted run from its last checkpoint (ends as if never "
-        "interrupted); with --set federation.rounds=N, extend a run (finished or not) to N rounds",
+        "interrupted); with --set federation.rounds=N, extend a run (finished or not) to N "
+        "rounds; with --set federation.time_budget_s=S, to a longer simulated-time budget "
+        "(0 = none)",
     )
     run.set_defaults(func=cmd_run)
     report = sub.add_parser(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autofednlp.config import ConfigError, ExperimentConfig, load_config, to_dict
+from autofednlp.config import ConfigError, ExperimentConfig, load_config, to_dict, to_toml
 from autofednlp.report import progress as show
 from autofednlp.report.results import (
     load_checkpoint,
@@ -250,7 +251,7 @@ def resume_experiment(
             extend = rounds is not None or time_budget_s is not None
             if finished and not extend:
                 raise ConfigError(
-                    f"--resume {str(rd)!r}: the run is finished ({cfg.federation.rounds} rounds); "
+                    f"--resume {str(rd)!r}: the run is finished ({ckpt['next_round'] - 1} rounds); "
                     "to train it further, extend it: --resume DIR --set federation.rounds=N "
                     "(or --set federation.time_budget_s=S for a run with a time budget)"
                 )
@@ -283,14 +284,31 @@ def _check_extension(
             f"federation.rounds = {rounds}: extending a run needs more than its {fed.rounds} rounds"
         )
     if budget is not None:
-        if budget < 0:
-            raise ConfigError(f"federation.time_budget_s = {budget}: must be >= 0 (0 = no budget)")
+        if not math.isfinite(budget) or budget < 0:
+            raise ConfigError(
+                f"federation.time_budget_s = {budget}: expected a finite number >= 0 (0 = none)"
+            )
         if budget != 0 and (fed.time_budget_s == 0 or budget <= fed.time_budget_s):
             had = f"{fed.time_budget_s} s" if fed.time_budget_s else "none (no limit)"
             raise ConfigError(
                 f"federation.time_budget_s = {budget}: extending a run needs a longer budget "
                 f"than its {had} (or 0 for no limit)"
             )
+    # The extension must let at least one more round start, or it would only rewrite the run.
+    new_rounds = fed.rounds if rounds is None else rounds
+    new_budget = fed.time_budget_s if budget is None else budget
+    done, clock = ckpt["next_round"] - 1, float(ckpt["clock"]["time_s"])
+    if done >= new_rounds:
+        raise ConfigError(
+            f"--resume {str(rd)!r}: the run has trained {done} rounds, so federation.rounds = "
+            f"{new_rounds} adds none; give it more (--set federation.rounds=N)"
+        )
+    if new_budget > 0 and clock >= new_budget:
+        raise ConfigError(
+            f"--resume {str(rd)!r}: the run's simulated clock is at {clock:.4g} s, past "
+            f"federation.time_budget_s = {new_budget}; give it a longer budget "
+            "(--set federation.time_budget_s=S, or 0 for no limit)"
+        )
     strategy = ckpt.get("strategy", {})
     if cfg.strategy.name == "autofed" and finished and "trajectory" not in strategy:
         raise ConfigError(
@@ -323,8 +341,10 @@ def _extend(
         entry |= {"from_time_budget_s": fed.time_budget_s, "to_time_budget_s": budget}
     history.append({**entry, "was_finished": finished, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
     write_json_atomic(path, history)
-    # the record agrees with itself from now on: the checkpoint carries the new config and
-    # the old summary goes (the run is not finished any more)
+    # the record agrees with itself from now on: config.toml and the checkpoint carry the new
+    # config (an interrupt before the run restarts leaves it resumable) and the old summary
+    # goes (the run is not finished any more)
+    (rd / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
     save_checkpoint(rd, {**ckpt, "config": to_dict(cfg)})
     (rd / "summary.json").unlink(missing_ok=True)
     what = []

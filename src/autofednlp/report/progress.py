@@ -96,8 +96,10 @@ class ProgressPrinter:
         mode: str | bool = "lines",
         baseline: float | None = None,
         metric: str = "accuracy",
+        time_budget_s: float = 0.0,
     ) -> None:
         self.total = total_rounds
+        self.budget = time_budget_s  # simulated seconds; 0 = none
         self.mode = {True: "lines", False: "quiet"}.get(mode, mode)
         self.baseline = baseline
         self.metric = metric
@@ -134,6 +136,9 @@ class ProgressPrinter:
         eps_s = "" if eps is None else f" | eps {eps:.3g}"
         wall = row["wall_time_s"]
         eta = wall / row["round"] * (self.total - row["round"])
+        sim = row["sim_time_s"]
+        if self.budget > 0 and sim > 0:  # the budget may end the run first
+            eta = min(eta, max(0.0, wall / sim * (self.budget - sim)))
         print(
             f"round {row['round']:>3}/{self.total} | {where}{row['config']:<22} | "
             f"sim {human_duration(row['sim_time_s']):>8} | val {METRIC_LABELS[self.metric]} "

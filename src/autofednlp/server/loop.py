@@ -147,6 +147,7 @@ class FederatedRun:
             progress,
             self.majority if self.metric == "accuracy" else None,
             self.metric,
+            cfg.federation.time_budget_s,
         )
         self._features: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._t0 = time.monotonic()

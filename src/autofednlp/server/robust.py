@@ -102,6 +102,8 @@ class RobustAutoFedRun(AutoFedRun):
                     self.checkpoint(server_round + 1, state())
             if fed.stop_at_target and self.time_to_target() is not None:
                 break
+        # the last state, not the last periodic checkpoint's: an extension continues from it
+        self._strategy = state()
         return self.finish({"trajectory": trajectory, "trials": trial})
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
