@@ -66,13 +66,14 @@ def _rows(run_dir):
             "strategy.max_width=16",
             "strategy.trial_rounds=1",
         ],
-        [  # stall counter, best reading and trajectory are checkpointed
+        [  # stall counter, best reading, trajectory and the schedule's clock are checkpointed
             "strategy.name=autofed",
             "tune.depth=0",
             "tune.width=8",
             "strategy.max_width=16",
             "strategy.patience=1",
             "strategy.trial_rounds=1",
+            "strategy.trial_wait_time=true",
         ],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",

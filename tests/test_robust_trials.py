@@ -445,3 +445,21 @@ def test_a_time_budget_ends_trials_and_rounds_alike(tiny_model_dir, tmp_path):
     assert sorted({int(r["round"]) for r in cut}) == [1, 2]
     assert summary["ended_by"] == "time_budget" and summary["trials"] == 1
     assert summary["trajectory"][0]["rounds"] == 1  # the trial was decided on what it had
+
+
+def test_with_wait_time_trials_take_a_bounded_share_of_simulated_time():
+    """A trial that took 0.5 s, lost by every candidate: the next one waits for the rounds
+    rule and for scale (2) x 0.5 s of simulated time after it, however cheap rounds are."""
+    stall = StallDetector(patience=1, min_delta=0.005, best=0.9)
+    stall.observe(0.9)  # stalled: the rounds rule alone would call a trial now
+    plain, timed = TrialSchedule(0, 2.0), TrialSchedule(0, 2.0, wait_time=True)
+    for schedule in (plain, timed):
+        schedule.after_trial(False, start_s=1.0, end_s=1.5)
+    stall.since_gain = 2  # past patience x scale
+    assert plain.due(0, stall, now_s=1.6)
+    assert not timed.due(0, stall, now_s=1.6) and not timed.due(0, stall, now_s=2.49)
+    assert timed.due(0, stall, now_s=2.5)
+    restored = TrialSchedule(0, 2.0, wait_time=True)
+    restored.restore(timed.state())
+    assert restored.state() == {"scale": 2.0, "last_cost_s": 0.5, "last_end_s": 1.5}
+    assert not restored.due(0, stall, now_s=2.49) and restored.due(0, stall, now_s=2.5)

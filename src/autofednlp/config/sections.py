@@ -319,6 +319,14 @@ class StrategyConfig:
         "grow by this factor (up to 4x); after a candidate wins they shrink to 1/factor of "
         "the base; 1 = a fixed cadence",
     )
+    trial_wait_time: bool = _f(
+        False,
+        "robust: count the wait for the next trial in simulated time too: it comes only once "
+        "the time since the last trial ended is at least the time that trial took, scaled as "
+        "the waits are (trial_backoff). Counted in rounds alone, trials take a growing share "
+        "of the time as the current configuration's rounds get cheaper (a full activation "
+        "cache), since a deeper candidate's round still computes",
+    )
     confidence_z: float = _f(
         1.64,
         "robust: a candidate wins only if its mean per-sample validation loss is lower than the "

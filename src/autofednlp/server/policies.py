@@ -168,22 +168,43 @@ class TrialSchedule:
     growth that just paid often pays too; after `keep` wins, the next one comes later (scale x
     backoff, up to `max_scale`), since trials that keep nothing cost time for nothing.
     `backoff = 1` gives a fixed cadence.
+
+    With `wait_time`, the wait is also counted in simulated time: the next trial comes only
+    once `scale` x the simulated time the last trial took has passed since it ended. Counted in
+    rounds alone, trials take a growing share of the time as the current configuration's rounds
+    get cheaper (a full activation cache makes a head-only round several times cheaper than a
+    trial round, whose deeper candidates still compute); counted in time too, trials take at
+    most 1/(1 + scale) of it.
     """
 
     every: int
     backoff: float
     max_scale: float = 4.0
     scale: float = 1.0
+    wait_time: bool = False
+    last_cost_s: float = 0.0  # simulated seconds the last trial took
+    last_end_s: float = 0.0  # the simulated clock when it ended
 
-    def due(self, since_trial: int, stall: StallDetector) -> bool:
+    def due(self, since_trial: int, stall: StallDetector, now_s: float = 0.0) -> bool:
         periodic = self.every > 0 and since_trial >= math.ceil(self.every * self.scale)
-        return periodic or stall.since_gain >= math.ceil(stall.patience * self.scale)
+        rounds = periodic or stall.since_gain >= math.ceil(stall.patience * self.scale)
+        waited = not self.wait_time or now_s - self.last_end_s >= self.scale * self.last_cost_s
+        return rounds and waited
 
-    def after_trial(self, grew: bool) -> None:
+    def after_trial(self, grew: bool, start_s: float = 0.0, end_s: float = 0.0) -> None:
         if grew:
             self.scale = 1.0 / self.backoff
         else:
             self.scale = min(max(self.scale, 1.0) * self.backoff, self.max_scale)
+        self.last_cost_s, self.last_end_s = end_s - start_s, end_s
+
+    def state(self) -> dict[str, float]:
+        return {"scale": self.scale, "last_cost_s": self.last_cost_s, "last_end_s": self.last_end_s}
+
+    def restore(self, saved: dict[str, float]) -> None:
+        self.scale = saved.get("scale", 1.0)
+        self.last_cost_s = saved.get("last_cost_s", 0.0)
+        self.last_end_s = saved.get("last_end_s", 0.0)
 
 
 def shared_average(

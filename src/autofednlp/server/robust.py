@@ -55,14 +55,14 @@ class RobustAutoFedRun(AutoFedRun):
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
         policy = candidate_policy(st, self.model_for(self.spec).num_layers)
-        schedule = TrialSchedule(st.trial_every, st.trial_backoff)
+        schedule = TrialSchedule(st.trial_every, st.trial_backoff, wait_time=st.trial_wait_time)
         saved = getattr(self, "_resumed_strategy", None)
         self._cached = {}
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
             stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
             since_trial = saved["since_trial"]
-            schedule.scale = saved.get("schedule_scale", 1.0)
+            schedule.restore(saved.get("schedule", {"scale": saved.get("schedule_scale", 1.0)}))
             self._cached = {int(c): set(b) for c, b in saved.get("cached", {}).items()}
         else:
             start = self.evaluate("validation")[0]
@@ -77,18 +77,19 @@ class RobustAutoFedRun(AutoFedRun):
                 "best": stall.best,
                 "since_gain": stall.since_gain,
                 "since_trial": since_trial,
-                "schedule_scale": schedule.scale,
+                "schedule": schedule.state(),
                 "cached": {c: sorted(b) for c, b in self._cached.items()},
             }
 
         while self.more_rounds(server_round):
             candidates = policy(self.spec)
-            if schedule.due(since_trial, stall) and len(candidates) > 1:
+            if schedule.due(since_trial, stall, self.clock.time_s) and len(candidates) > 1:
                 trial += 1
+                start_s = self.clock.time_s
                 server_round, entry = self._trial(trial, candidates, server_round, stall)
                 trajectory.append(entry)
                 self.recorder.trial(entry)
-                schedule.after_trial(grew=entry["winner"] != "keep")
+                schedule.after_trial(entry["winner"] != "keep", start_s, self.clock.time_s)
                 stall.restart()
                 since_trial = 0
                 if fed.checkpoint_every > 0:
