@@ -308,7 +308,7 @@ class StrategyConfig:
     )
     min_delta: float = _f(0.005, "robust: the accuracy gain that counts as progress")
     trial_every: int = _f(
-        4,
+        0,
         "robust: rounds of the current configuration after which a trial runs even without a "
         "stall (while it still climbs, a candidate may climb faster per second); 0 = only on "
         "stalls",
@@ -320,7 +320,7 @@ class StrategyConfig:
         "the base; 1 = a fixed cadence",
     )
     trial_wait_time: bool = _f(
-        False,
+        True,
         "robust: count the wait for the next trial in simulated time too: it comes only once "
         "the time since the last trial ended is at least the time that trial took, scaled as "
         "the waits are (trial_backoff). Counted in rounds alone, trials take a growing share "
