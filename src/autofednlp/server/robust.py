@@ -7,8 +7,10 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
 
 - The current configuration trains with every sampled client, like a fixed configuration,
   until its served target metric (accuracy; entity F1 for tagging) stalls (`StallDetector`)
-  or `trial_every` rounds have passed; then a trial starts. Both waits follow the returns of
-  past trials (`TrialSchedule`): shorter after a growth, longer after `keep` won.
+  or, with `trial_every` > 0, that many rounds have passed; then a trial starts. Both waits
+  follow the returns of past trials (`TrialSchedule`): shorter after a growth, longer after
+  `keep` won; with `trial_wait_time` they are also counted in simulated time, so trials keep a
+  bounded share of it however cheap the current configuration's rounds become.
 - In a trial each sampled client trains one candidate (keep, deeper, wider), all grown from the
   current weights. The current configuration's tensors are the leading slice of every
   candidate's, and that shared trunk is averaged over every group's clients each round
