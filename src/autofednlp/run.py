@@ -248,7 +248,7 @@ def resume_experiment(
                         f"started with: {shown}{more}; put it back, or start a new run"
                     )
             finished = (rd / "summary.json").is_file()
-            extend = rounds is not None or time_budget_s is not None
+            extend = Extension(rounds, time_budget_s)
             if finished and not extend:
                 raise ConfigError(
                     f"--resume {str(rd)!r}: the run is finished ({ckpt['next_round'] - 1} rounds); "
@@ -256,11 +256,11 @@ def resume_experiment(
                     "(or --set federation.time_budget_s=S for a run with a time budget)"
                 )
             if extend:
-                _check_extension(rd, cfg, ckpt, rounds, time_budget_s, finished)
+                _check_extension(rd, cfg, ckpt, extend, finished)
             show.note(f"resuming {rd} from round {ckpt['next_round']}")
             preflight(cfg)
             if extend:
-                cfg = _extend(rd, cfg, ckpt, rounds, time_budget_s, finished)
+                cfg = _extend(rd, cfg, ckpt, extend, finished)
             prune_newer_than(cache_root(cfg) / run_id_for(rd), ckpt["time_ns"])
         except BaseException:
             unlock_run_dir(rd)
@@ -270,15 +270,21 @@ def resume_experiment(
         show.set_mode(old)
 
 
+@dataclasses.dataclass(frozen=True)
+class Extension:
+    """What `--resume` extends a run by: a new round cap and/or time budget (None: as it was)."""
+
+    rounds: int | None = None
+    time_budget_s: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.rounds is not None or self.time_budget_s is not None
+
+
 def _check_extension(
-    rd: Path,
-    cfg: ExperimentConfig,
-    ckpt: dict[str, Any],
-    rounds: int | None,
-    budget: float | None,
-    finished: bool,
+    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], ext: Extension, finished: bool
 ) -> None:
-    fed = cfg.federation
+    fed, rounds, budget = cfg.federation, ext.rounds, ext.time_budget_s
     if rounds is not None and rounds <= fed.rounds:
         raise ConfigError(
             f"federation.rounds = {rounds}: extending a run needs more than its {fed.rounds} rounds"
@@ -318,16 +324,11 @@ def _check_extension(
 
 
 def _extend(
-    rd: Path,
-    cfg: ExperimentConfig,
-    ckpt: dict[str, Any],
-    rounds: int | None,
-    budget: float | None,
-    finished: bool,
+    rd: Path, cfg: ExperimentConfig, ckpt: dict[str, Any], ext: Extension, finished: bool
 ) -> ExperimentConfig:
     """Raise the run's `federation.rounds` and/or `federation.time_budget_s`, recorded in the
     checkpoint and `extended.json`."""
-    fed = cfg.federation
+    fed, rounds, budget = cfg.federation, ext.rounds, ext.time_budget_s
     new = dataclasses.replace(
         fed,
         rounds=fed.rounds if rounds is None else rounds,
