@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -48,10 +49,33 @@ RUN_OVERRIDES = [
 ]
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, never handed out before in this session, and outside the kernel's
+    ephemeral range: a port from bind(0) is in that range, where any process's outgoing
+    connection (a SuperNode dialling the SuperLink, say) can take it before the server
+    meant to listen on it binds (seen in CI: 'address already in use')."""
+    low, _ = _ephemeral_range()
+    candidates = [p for p in range(max(1024, low - 12000), low) if p not in _handed_out]
+    for port in random.Random(os.getpid()).sample(candidates, len(candidates)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _tree(pid: int) -> list[psutil.Process]:
