@@ -37,13 +37,13 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from autofednlp.config import ConfigError, load_config  # noqa: E402
+from autofednlp.config import ConfigError, StrategyConfig, load_config  # noqa: E402
 from autofednlp.report.results import (  # noqa: E402
     LOCK,
     lock_run_dir,
@@ -165,6 +165,14 @@ def slug(text: str) -> str:
     return "_".join(filter(None, keep.split("_")))
 
 
+def what_runs(cfg):
+    """`cfg` as far as it decides what the run does: a fixed configuration's run does not
+    depend on AutoFedNLP's strategy settings, so changing their defaults must not discard it."""
+    if cfg.strategy.name == "fixed":
+        return replace(cfg, strategy=StrategyConfig(name="fixed"))
+    return cfg
+
+
 def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
     """Run `m` (or reuse its identical finished run); return its rounds and summary."""
     from autofednlp.run import run_experiment
@@ -176,7 +184,7 @@ def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
     t0 = time.monotonic()
     reused = False
     try:
-        same = load_config(done / "config.toml") == cfg
+        same = what_runs(load_config(done / "config.toml")) == what_runs(cfg)
     except (ConfigError, OSError):
         same = False
     if not fresh and same and (done / "summary.json").exists():

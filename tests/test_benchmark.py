@@ -148,3 +148,21 @@ def test_autofed_overrides_name_a_variant_and_leave_the_fixed_runs_alone():
     assert out[1].overrides[-1] == "strategy.trial_every=0"
     assert tta.slug(out[1].name) != tta.slug(todo[1].name)  # its own run directory
     assert tta.with_autofed_overrides(todo, []) == todo
+
+
+def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
+    """A fixed configuration's run does not depend on AutoFedNLP's strategy settings: a new
+    strategy default must not make the benchmark rerun (and first delete) every fixed run.
+    An AutoFedNLP run with other strategy settings is another run."""
+    from autofednlp.config import load_config
+
+    base = ["model.name=minilm", "tune.depth=1"]
+    fixed = load_config(None, [*base, "strategy.trial_every=4"])
+    assert fixed.strategy.name == "fixed"
+    same_fixed = load_config(None, [*base, "strategy.trial_every=0"])
+    assert tta.what_runs(fixed) == tta.what_runs(same_fixed)
+    assert tta.what_runs(fixed) != tta.what_runs(load_config(None, [*base, "seed=3"]))
+    auto = [*base, "strategy.name=autofed"]
+    assert tta.what_runs(load_config(None, [*auto, "strategy.trial_every=4"])) != tta.what_runs(
+        load_config(None, [*auto, "strategy.trial_every=0"])
+    )
