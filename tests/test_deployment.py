@@ -288,6 +288,33 @@ def test_grid_transport_names_the_lost_client_and_why(monkeypatch, tmp_path):
     assert shown[2]["rounds_failed"] == 1 and "timeout" in shown[2]["last_failure"]
 
 
+def test_grid_transport_pushes_at_submit_and_collects_each_call_apart(monkeypatch, tmp_path):
+    """Background trials push the probes' tasks, run served rounds, then collect: every push
+    happens at `submit`, and each collection gets its own call's replies, even for a client
+    sent two tasks (a probe trains keep's configuration and a candidate's)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from autofednlp.config import load_config
+    from autofednlp.model.kinds import TuneSpec
+    from autofednlp.server.app import GridTransport
+    from autofednlp.server.loop import TrainTask
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    cfg = load_config(None, ["data.num_clients=3", "federation.clients_per_round=3"])
+    transport = GridTransport(LostNodeGrid(), cfg, ["a", "b"], clients_file=tmp_path / "c.json")
+    transport.node_of = {0: 11, 1: 12, 2: 13}
+    keep = {"w": torch.zeros(3)}
+    deeper = {"w": torch.ones(3)}
+    first = transport.submit([TrainTask(0, TuneSpec("bottleneck", 1, 8), keep, 5)])
+    second = transport.submit([TrainTask(0, TuneSpec("bottleneck", 2, 8), deeper, 5)])
+    assert len(transport.grid.sent) == 2 and transport.grid.pulls == 0  # both out, none waited
+    got_second, got_first = second(), first()
+    assert torch.equal(got_second.replies[0].state["w"], deeper["w"])
+    assert torch.equal(got_first.replies[0].state["w"], keep["w"])
+    assert not got_first.failed and not got_second.failed
+
+
 class IdentityGrid:
     """Nodes answer identity queries: node id -> partition id, or an error text."""
 

@@ -463,3 +463,63 @@ def test_with_wait_time_trials_take_a_bounded_share_of_simulated_time():
     restored.restore(timed.state())
     assert restored.state() == {"scale": 2.0, "last_cost_s": 0.5, "last_end_s": 1.5}
     assert not restored.due(0, stall, now_s=2.49) and restored.due(0, stall, now_s=2.5)
+
+
+def _background_run(tiny_model_dir, tmp_path, name, *extra):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=9",
+        'strategy.trial_pace="background"',
+        "strategy.trial_probes=2",
+        "strategy.early_decision=false",
+        *extra,
+    )
+    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False).run()
+    return summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
+
+
+def test_background_trials_pair_candidates_on_the_same_probes_beside_served_rounds(
+    tiny_model_dir, tmp_path
+):
+    """trial_pace = "background": every round serves a model trained by the clients the probes
+    leave (6 - 2); the probes train keep and each candidate (the same clients, paired); their
+    results count only once the clock has passed the probe round's start plus the groups'
+    round times; the clock is the served rounds' alone."""
+    summary, rows = _background_run(tiny_model_dir, tmp_path, "bg")
+    served = [r for r in rows if r["served"] == "True"]
+    assert [int(r["round"]) for r in served] == list(range(1, 10))  # one served model a round
+    assert sum(float(r["round_time_s"]) for r in served) == pytest.approx(summary["sim_time_s"])
+    in_trial = [r for r in served if r["trial"]]
+    assert in_trial and all(len(r["clients"].split()) == 4 for r in in_trial)
+    ends = {int(r["round"]): float(r["sim_time_s"]) for r in served}
+    served_clients = {int(r["round"]): set(r["clients"].split()) for r in served}
+    start, probe_rounds = None, []  # the served round in which the pending probe round began
+    for r in rows:
+        if r["served"] == "True":
+            if r["trial"] and start is None:
+                start = int(r["round"])
+            continue
+        if not probe_rounds or probe_rounds[-1][0] != r["round"]:
+            probe_rounds.append((r["round"], start, []))
+        probe_rounds[-1][2].append(r)
+        start = None
+    assert probe_rounds
+    for rnd, began, group_rows in probe_rounds:
+        assert {r["group"] for r in group_rows} >= {"keep_probe", "deeper"}
+        assert len({r["clients"] for r in group_rows}) == 1  # paired: the same two clients
+        probe = set(group_rows[0]["clients"].split())
+        assert len(probe) == 2
+        assert float(group_rows[0]["sim_time_s"]) == ends[int(rnd)]
+        took = sum(float(r["round_time_s"]) for r in group_rows)
+        assert ends[int(rnd)] >= ends.get(began - 1, 0.0) + took - 1e-9
+        # the served rounds before it: not yet past, and without the busy probe clients
+        assert int(rnd) == began or ends[int(rnd) - 1] < ends.get(began - 1, 0.0) + took
+        assert all(not probe & served_clients[k] for k in range(began, int(rnd) + 1))
+    for t in summary["trajectory"]:
+        assert t["probes"] == 2 and t["probe_rounds"] <= 2
+        assert set(t["evidence"]) == set(t["groups"]) - {"keep"}

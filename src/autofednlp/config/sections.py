@@ -49,7 +49,7 @@ WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
-TRIAL_PACES = ("keep", "place", "slowest")
+TRIAL_PACES = ("keep", "place", "slowest", "background")
 TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
@@ -339,7 +339,17 @@ class StrategyConfig:
         "that fit in the time the slowest client of keep's group takes, estimated from data "
         "sizes and devices in past replies, cache fills and FLOPs), place (clients placed by "
         "that estimate, the largest on the cheapest configuration, with full local epochs) "
-        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
+        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest). "
+        "background: no trial round at all; a few probe clients (trial_probes) train keep and "
+        "every candidate in turn from the same weights (a paired comparison on the same "
+        "clients' data), while the rest of each round's clients train the served model at its "
+        "own pace; a probe round counts once its probes could have finished (trial_judge does "
+        "not apply)",
+    )
+    trial_probes: int = _f(
+        0,
+        "robust, trial_pace = background: clients per probe round, taken from "
+        "clients_per_round (the served model trains with the rest); 0 = a third of it",
     )
     trial_judge: str = _f(
         "groups",
@@ -398,7 +408,8 @@ class StrategyConfig:
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
         _check_min(self, "strategy", 1, *steps)
-        _check_min(self, "strategy", 0, "max_depth", "min_delta", "confidence_z", "trial_every")
+        counts = ("max_depth", "min_delta", "confidence_z", "trial_every", "trial_probes")
+        _check_min(self, "strategy", 0, *counts)
         _check_min(self, "strategy", 1, "patience")
         _check_min(self, "strategy", 0, "trial_base_s", strict=True)
         _check_min(self, "strategy", 1, "trial_backoff")
@@ -583,3 +594,18 @@ class ExperimentConfig:
                 self.tune.width,
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
+            if self.strategy.trials == "robust" and self.strategy.trial_pace == "background":
+                per_round = self.federation.clients_per_round
+                _check(
+                    per_round >= 2,
+                    "federation.clients_per_round",
+                    per_round,
+                    "trial_pace background lends probe clients from each round: use 2 or more",
+                )
+                _check(
+                    self.strategy.trial_probes < per_round,
+                    "strategy.trial_probes",
+                    self.strategy.trial_probes,
+                    f"must be < federation.clients_per_round ({per_round}): the served model "
+                    "needs a client",
+                )

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,16 @@ def exchange(
     deployment engine, which adds 1.5 s to every round on average; pulling a few replies more
     often costs the SuperLink next to nothing. 0.1 s is the simulation engine's own interval.
     """
-    pending = set(grid.push_messages(messages))
-    deadline = None if timeout is None else time.monotonic() + timeout
+    return collect(grid, set(grid.push_messages(messages)), timeout)
+
+
+def collect(
+    grid: Grid, pending: set[str], timeout: float | None, poll_s: float = 0.1, since: float = 0.0
+) -> list[Message]:
+    """The replies to the pushed messages `pending` that come within `timeout` seconds of
+    `since` (a `time.monotonic()` reading; default now)."""
+    pending = set(pending)
+    deadline = None if timeout is None else (since or time.monotonic()) + timeout
     replies: list[Message] = []
     while pending:
         got = list(grid.pull_messages(pending))
@@ -159,6 +168,11 @@ class GridTransport:
         return pids
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
+        return self.submit(tasks)()
+
+    def submit(self, tasks: list[TrainTask]) -> Callable[[], Delivery]:
+        """Push the tasks now; the returned call collects their replies (the server may run
+        other rounds meanwhile, as with AutoFedNLP's background trials)."""
         msgs, pid_of = [], {}
         for t in tasks:
             conf = ConfigRecord(
@@ -184,8 +198,14 @@ class GridTransport:
                     group_id=str(t.server_round),
                 )
             )
+        pushed = set(self.grid.push_messages(msgs))
+        since = time.monotonic()
+        return lambda: self._delivery(
+            msgs, pid_of, collect(self.grid, pushed, self.timeout, since=since)
+        )
+
+    def _delivery(self, msgs: list[Message], pid_of: dict, replies: list[Message]) -> Delivery:
         out = Delivery()
-        replies = exchange(self.grid, msgs, self.timeout)
         # Match replies by message id (set when sent): for a node that stopped sending
         # heartbeats, Flower's SuperLink answers itself, with an error from node 1.
         pid_of_msg = {m.metadata.message_id: pid_of[m.metadata.dst_node_id] for m in msgs}

@@ -6,6 +6,8 @@ match the Flower engines' for the same seed. Experiments meant to be deployed us
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from autofednlp.client.worker import train_round
 from autofednlp.config import ExperimentConfig
 from autofednlp.runtime import OutOfDeviceMemory
@@ -18,6 +20,10 @@ class InProcessTransport:
 
     def available_partitions(self) -> list[int]:
         return list(range(self.cfg.data.num_clients))
+
+    def submit(self, tasks: list[TrainTask]) -> Callable[[], Delivery]:
+        """The tasks run when their replies are asked for (one process, one client at a time)."""
+        return lambda: self.train(tasks)
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
         out = Delivery()

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,6 +85,9 @@ class Transport(Protocol):
 
     def train(self, tasks: list[TrainTask]) -> Delivery:
         """Run the tasks on their clients; return the replies that came and what failed."""
+
+    # Optional: `submit(tasks)` sends them now and returns a call that waits for the same
+    # Delivery, so the server can run other rounds meanwhile (without it: `train` at the call).
 
 
 @dataclass
@@ -295,6 +299,17 @@ class FederatedRun:
         check and aggregate each group's replies separately. Without `step` a group's state is
         its average, before its configuration's server optimizer (the caller steps it).
         `max_steps`: a cap on some clients' local steps (by client)."""
+        sent = self.send_groups(server_round, groups, max_steps)
+        return self.receive_groups(server_round, groups, sent, step)
+
+    def send_groups(
+        self,
+        server_round: int,
+        groups: list[tuple[TuneSpec, dict, list[int]]],
+        max_steps: dict[int, int] | None = None,
+    ) -> Callable[[], Delivery]:
+        """Send the groups' tasks; the returned call waits for their replies. A client may
+        appear in one group of a call only."""
         caps = max_steps or {}
         tasks = [
             TrainTask(pid, spec, state, server_round, self.run_id, caps.get(pid, 0))
@@ -304,7 +319,19 @@ class FederatedRun:
         self.progress.round_started(server_round, len(tasks))
         if self.ledger:  # every sampled client's participation counts, in any group
             self.ledger.record([t.partition_id for t in tasks])
-        delivery = self.transport.train(tasks)
+        submit = getattr(self.transport, "submit", None)
+        return submit(tasks) if submit else lambda: self.transport.train(tasks)
+
+    def receive_groups(
+        self,
+        server_round: int,
+        groups: list[tuple[TuneSpec, dict, list[int]]],
+        sent: Callable[[], Delivery],
+        step: bool = True,
+    ) -> list[GroupResult]:
+        """Wait for the replies of `send_groups(server_round, groups)` (`sent`), then check
+        and aggregate each group's separately (see `train_groups`)."""
+        delivery = sent()
         by_pid = {r.partition_id: r for r in delivery.replies}
         results = []
         for spec, state, clients in groups:

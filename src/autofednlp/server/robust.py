@@ -25,13 +25,18 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
   weights, not from a lucky round's.
 - A trial round lasts as long as its slowest client. With `trial_pace = "keep"` a candidate's
   clients train at most the local steps that fit in the time of keep's slowest client, as the
-  server estimates it from what its clients told it (`client_seconds`).
+  server estimates it from what its clients told it (`client_seconds`). With
+  `trial_pace = "background"` there is no trial round: a few probe clients train keep and
+  every candidate from the same weights (paired on the same clients' data) while the others
+  train the served model at its own pace (`_background_trial`).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
 
 from autofednlp.client.worker import boundaries_filled
 from autofednlp.cost.clock import client_cost
@@ -45,6 +50,7 @@ from autofednlp.server.policies import (
     TrialSchedule,
     assign_groups,
     candidate_policy,
+    overlay,
     paired_evidence,
     pick_paired,
     shared_average,
@@ -111,15 +117,9 @@ class RobustAutoFedRun(AutoFedRun):
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
 
-    def train_groups(
-        self,
-        server_round: int,
-        groups: list,
-        step: bool = True,
-        max_steps: dict[int, int] | None = None,
-    ) -> list:
+    def receive_groups(self, server_round: int, groups: list, sent: Any, step: bool = True) -> list:
         """As the base class; also notes which boundaries each client's cache now holds."""
-        results = super().train_groups(server_round, groups, step, max_steps)
+        results = super().receive_groups(server_round, groups, sent, step)
         for (spec, _, _), res in zip(groups, results):
             layers = self.model_for(spec).num_layers
             held = boundaries_filled(self.cfg, layers, spec.boundary(layers))
@@ -169,14 +169,18 @@ class RobustAutoFedRun(AutoFedRun):
         k = max((k for k in range(1, full) if seconds(k) <= budget_s), default=1)
         return 0 if k >= full else k
 
-    def _exploit_round(self, server_round: int) -> float:
-        """One round of the current configuration with every sampled client."""
-        clients = self.sample(self.cfg.federation.clients_per_round)
+    def _exploit_round(
+        self, server_round: int, clients: list[int] | None = None, **row: Any
+    ) -> float:
+        """One round of the current configuration with `clients` (default: every sampled
+        client); `row`: extra columns of its row."""
+        if clients is None:
+            clients = self.sample(self.cfg.federation.clients_per_round)
         (res,) = self.train_groups(server_round, [(self.spec, self.state, clients)])
         self.state = res.state
         self.clock.advance(res.cost)
-        row = self.round_row(server_round, self.spec, res)
         metrics = self.evaluate_metrics("validation")
+        row = {**self.round_row(server_round, self.spec, res), **row}
         row.update(served=True, sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
         self.record(row)
         return metrics[self.metric]
@@ -188,6 +192,8 @@ class RobustAutoFedRun(AutoFedRun):
         groups = [
             Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates
         ]
+        if st.trial_pace == "background":
+            return self._background_trial(trial, groups, server_round, stall)
         keep = groups[0]
         losses: dict[str, list] = {g.name: [] for g in groups}
         rounds, early = 0, False
@@ -258,7 +264,104 @@ class RobustAutoFedRun(AutoFedRun):
             pick = pick_paired(evidence, st.confidence_z)
         winner = keep if pick is None else groups[1 + pick]
         self.spec, self.state = winner.spec, winner.state
-        entry = {
+        return server_round, self._entry(trial, groups, winner, early, rounds, evidence)
+
+    def _background_trial(
+        self, trial: int, groups: list, server_round: int, stall: StallDetector
+    ) -> tuple[int, dict[str, Any]]:
+        """A trial beside the served rounds (`trial_pace = "background"`).
+
+        A few probe clients (`trial_probes`) train every group's configuration in turn, keep's
+        included, each from the weights the trial started with and each as a plain average:
+        a candidate and its reference see the same clients' data, so the paired test weighs
+        the added capacity, not who was drawn into which group. Meanwhile the round's other
+        clients train the served model round after round at its own pace. A probe round's
+        results count once its slowest probe client could have trained all its tasks (the sum
+        of the groups' round times, an upper bound); its traffic and energy count at once.
+        The served model pays for a trial with the clients it lends, not with rounds spent
+        waiting for a deeper candidate's slowest client."""
+        fed, st = self.cfg.federation, self.cfg.strategy
+        n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
+        losses: dict[str, list] = {g.name: [] for g in groups}
+        rounds = probe_rounds = 0
+        early, pick, evidence, cut = False, None, [], False
+        while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
+            server_round += 1
+            rounds += 1
+            probes = self.sample(n_probe)
+            # one call per group (a client is in one group of a call); the replies are waited
+            # for after the served rounds below, as a deployment would
+            tasks = [[(g.spec, g.state, probes)] for g in groups]
+            sent = [self.send_groups(server_round, t) for t in tasks]
+            start_s, busy = self.clock.time_s, set(probes)
+            results: list = []
+            while True:
+                clients = self.sample(fed.clients_per_round - len(busy), exclude=busy)
+                stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
+                if not results:  # the simulated clock needs their costs: collect after round 1
+                    results = [
+                        self.receive_groups(server_round, t, s, step=False)[0]
+                        for t, s in zip(tasks, sent)
+                    ]
+                    self._advance([r.cost for r in results], 0.0)
+                    done_s = start_s + sum(r.cost.duration_s for r in results)
+                if self.clock.time_s >= done_s:
+                    break
+                if not self.more_rounds(server_round):
+                    cut = True  # the run ends before this probe round's results are in
+                    break
+                server_round += 1
+                rounds += 1
+            if cut:
+                break
+            probe_rounds += 1
+            for g, res in zip(groups, results):
+                g.state = res.state
+                ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
+                g.accuracies.append(ev.metrics[self.metric])
+                losses[g.name].append(ev.sample_losses)
+                row = self.round_row(server_round, g.spec, res)
+                row.update(
+                    trial=trial,
+                    group=f"{g.name}_probe" if g is groups[0] else g.name,
+                    served=False,
+                    sim_time_s=self.clock.time_s,
+                    **self.metric_columns({**ev.metrics, "loss": ev.loss}),
+                )
+                self.record(row)
+            if st.early_decision and probe_rounds < st.trial_rounds:
+                evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
+                pick = pick_paired(evidence, 2 * st.confidence_z)
+                if pick is not None:
+                    early = True
+                    break
+        if probe_rounds and not early:
+            evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
+            pick = pick_paired(evidence, st.confidence_z)
+        winner = groups[0] if pick is None else groups[1 + pick]
+        start = "served"
+        if pick is not None:
+            self.spec, self.state, start = winner.spec, *self._continue_from(winner)
+        entry = self._entry(trial, groups, winner, early, rounds, evidence)
+        entry.update(probe_rounds=probe_rounds, probes=n_probe, continued_from=start)
+        if pick is None:
+            entry["val_accuracy"] = self.evaluate("validation")[0]  # the served model's
+        return server_round, entry
+
+    def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str]:
+        """A background trial's winner continues from its probes' weights or from its added
+        tensors on the served model's (which kept training meanwhile, with more clients),
+        whichever has the lower validation loss."""
+        options = {"probe": winner.state, "served trunk": overlay(winner.state, self.state)}
+        loss = {k: self.evaluate("validation", winner.spec, v)[1] for k, v in options.items()}
+        best = min(options, key=lambda k: (loss[k], k != "served trunk"))
+        return options[best], best
+
+    def _entry(
+        self, trial: int, groups: list, winner: Group, early: bool, rounds: int, evidence: list
+    ) -> dict[str, Any]:
+        """The trajectory's record of a decided trial."""
+        return {
             "trial": trial,
             "winner": winner.name,
             "decided_early": early,
@@ -267,7 +370,7 @@ class RobustAutoFedRun(AutoFedRun):
             "width": winner.spec.width,
             "rounds": rounds,
             "sim_time_s": self.clock.time_s,
-            "val_accuracy": winner.accuracies[-1],
+            "val_accuracy": winner.accuracies[-1] if winner.accuracies else None,
             "groups": {g.name: g.spec.label() for g in groups},
             "evidence": {
                 e.name: {
@@ -280,7 +383,6 @@ class RobustAutoFedRun(AutoFedRun):
                 for e in evidence
             },
         }
-        return server_round, entry
 
     @staticmethod
     def _evidence(groups: list, losses: dict[str, list], last: int) -> list:
