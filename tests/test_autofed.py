@@ -40,6 +40,34 @@ def test_upgrade_candidates_respect_caps(current, caps, expected):
         assert c.spec.depth >= current.depth and c.spec.width >= current.width
 
 
+@pytest.mark.parametrize(
+    "depth, reach, expected",
+    [(0, 1, 1), (0, 2, 2), (1, 3, 4), (4, 3, 6), (5, 2, 6), (6, 2, None)],
+)
+def test_a_deeper_candidate_reaches_further_within_the_cap(depth, reach, expected):
+    cands = {c.name: c.spec for c in Upgrade(1, 8, Caps(6, 64))(TuneSpec(B, depth, 8), reach)}
+    assert (cands["deeper"].depth if "deeper" in cands else None) == expected
+    joint = {c.name: c.spec for c in UpgradeJoint(1, 8, Caps(6, 64))(TuneSpec(B, 1, 8), 2)}
+    assert joint["deeper"].depth == joint["deeper+wider"].depth == 3
+
+
+def test_escalate_counts_the_trials_keep_won_in_a_row(tiny_model_dir, tmp_path):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    won = [{"winner": w} for w in ("deeper", "keep", "wider", "keep", "keep")]
+    for escalate, reach in ((True, 3), (False, 1)):
+        cfg = _cfg(
+            tiny_model_dir,
+            tmp_path,
+            "strategy.trials=robust",
+            f"strategy.escalate={str(escalate).lower()}",
+        )
+        run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "x", False)
+        assert run._reach(won) == reach and run._reach(won[:3]) == 1
+
+
 def test_joint_policy_adds_deeper_and_wider():
     cands = UpgradeJoint(2, 16, Caps(6, 64))(TuneSpec(B, 1, 8))
     assert [(c.name, c.spec.depth, c.spec.width) for c in cands] == [

@@ -375,6 +375,12 @@ class StrategyConfig:
         "published trials: how the winner is chosen on the validation split: best_accuracy "
         "(best reached within the budget) or gain_per_s (accuracy gained per simulated second)",
     )
+    escalate: bool = _f(
+        False,
+        "robust: after each trial in a row that keep won, the next deeper candidate adds one "
+        "more depth_step (up to max_depth): a layer that shows no gain alone at a plateau may "
+        "show one together with the layer above it",
+    )
     depth_step: int = _f(1, "layers a 'deeper' candidate adds")
     width_step: int = _f(8, "bottleneck dims a 'wider' candidate adds")
     max_depth: int = _f(0, "cap on depth; 0 = the model's number of layers")

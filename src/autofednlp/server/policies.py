@@ -21,8 +21,9 @@ class Candidate:
 
 
 class CandidatePolicy(Protocol):
-    def __call__(self, current: TuneSpec) -> list[Candidate]:
-        """Candidates for the next trial, `keep` first; configurations only grow."""
+    def __call__(self, current: TuneSpec, reach: int = 1) -> list[Candidate]:
+        """Candidates for the next trial, `keep` first; configurations only grow. `reach`:
+        how many depth steps a deeper candidate takes (within the depth cap)."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,18 @@ class Upgrade:
     width_step: int
     caps: Caps
 
-    def __call__(self, current: TuneSpec) -> list[Candidate]:
+    def deeper(self, depth: int, reach: int) -> int:
+        """A deeper candidate's depth: `reach` steps down, but not past the cap (one step past
+        it drops the candidate)."""
+        far = depth + self.depth_step * reach
+        return max(min(far, self.caps.max_depth), depth + self.depth_step)
+
+    def __call__(self, current: TuneSpec, reach: int = 1) -> list[Candidate]:
         k, d, w = current.kind, current.depth, current.width
         return _distinct(
             current,
             [
-                Candidate("deeper", TuneSpec(k, d + self.depth_step, w)),
+                Candidate("deeper", TuneSpec(k, self.deeper(d, reach), w)),
                 Candidate("wider", TuneSpec(k, d, w + self.width_step)),
             ],
             self.caps,
@@ -69,10 +76,10 @@ class Upgrade:
 class UpgradeJoint(Upgrade):
     """Upgrade plus a candidate that is both deeper and wider."""
 
-    def __call__(self, current: TuneSpec) -> list[Candidate]:
+    def __call__(self, current: TuneSpec, reach: int = 1) -> list[Candidate]:
         k, d, w = current.kind, current.depth, current.width
-        both = Candidate("deeper+wider", TuneSpec(k, d + self.depth_step, w + self.width_step))
-        return _distinct(current, [*super().__call__(current)[1:], both], self.caps)
+        both = Candidate("deeper+wider", TuneSpec(k, self.deeper(d, reach), w + self.width_step))
+        return _distinct(current, [*super().__call__(current, reach)[1:], both], self.caps)
 
 
 CANDIDATE_POLICIES = {"upgrade": Upgrade, "upgrade-joint": UpgradeJoint}

@@ -90,7 +90,7 @@ class RobustAutoFedRun(AutoFedRun):
             }
 
         while self.more_rounds(server_round):
-            candidates = policy(self.spec)
+            candidates = policy(self.spec, self._reach(trajectory))
             if schedule.due(since_trial, stall, self.clock.time_s) and len(candidates) > 1:
                 trial += 1
                 start_s = self.clock.time_s
@@ -114,6 +114,17 @@ class RobustAutoFedRun(AutoFedRun):
         # the last state, not the last periodic checkpoint's: an extension continues from it
         self._strategy = state()
         return self.finish({"trajectory": trajectory, "trials": trial})
+
+    def _reach(self, trajectory: list[dict[str, Any]]) -> int:
+        """Depth steps of the next deeper candidate: with `strategy.escalate`, one more for
+        each trial in a row that keep won (a layer that shows nothing alone at a plateau may
+        show a gain with the one above it); else 1."""
+        lost = 0
+        for entry in reversed(trajectory):
+            if entry["winner"] != "keep":
+                break
+            lost += 1
+        return 1 + lost if self.cfg.strategy.escalate else 1
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
 
