@@ -167,7 +167,9 @@ def slug(text: str) -> str:
 
 def what_runs(cfg):
     """`cfg` as far as it decides what the run does: a fixed configuration's run does not
-    depend on AutoFedNLP's strategy settings, so changing their defaults must not discard it."""
+    depend on AutoFedNLP's strategy settings, so changing their defaults must not discard it,
+    and the same run directory may be spelled relative or absolute (`--out`)."""
+    cfg = replace(cfg, output_dir="")
     if cfg.strategy.name == "fixed":
         return replace(cfg, strategy=StrategyConfig(name="fixed"))
     return cfg

@@ -161,6 +161,8 @@ def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
     assert fixed.strategy.name == "fixed"
     same_fixed = load_config(None, [*base, "strategy.trial_every=0"])
     assert tta.what_runs(fixed) == tta.what_runs(same_fixed)
+    moved = load_config(None, [*base, 'output_dir="/abs/runs"'])
+    assert tta.what_runs(fixed) == tta.what_runs(moved)  # the run directory is --out/name
     assert tta.what_runs(fixed) != tta.what_runs(load_config(None, [*base, "seed=3"]))
     auto = [*base, "strategy.name=autofed"]
     assert tta.what_runs(load_config(None, [*auto, "strategy.trial_every=4"])) != tta.what_runs(
