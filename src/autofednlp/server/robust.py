@@ -290,7 +290,9 @@ class RobustAutoFedRun(AutoFedRun):
         results count once its slowest probe client could have trained all its tasks (the sum
         of the groups' round times, an upper bound); its traffic and energy count at once.
         The served model pays for a trial with the clients it lends, not with rounds spent
-        waiting for a deeper candidate's slowest client."""
+        waiting for a deeper candidate's slowest client. A candidate clearly better than keep
+        on the probes still stays out unless it is also no worse than the served model, which
+        trained meanwhile: a larger configuration is better per round, not always per second."""
         fed, st = self.cfg.federation, self.cfg.strategy
         n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
         losses: dict[str, list] = {g.name: [] for g in groups}
@@ -349,24 +351,34 @@ class RobustAutoFedRun(AutoFedRun):
         if probe_rounds and not early:
             evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
             pick = pick_paired(evidence, st.confidence_z)
-        winner = groups[0] if pick is None else groups[1 + pick]
-        start = "served"
+        served_acc, served_loss = self.evaluate("validation")
+        start, behind = "served", None
         if pick is not None:
-            self.spec, self.state, start = winner.spec, *self._continue_from(winner)
+            state, start, loss = self._continue_from(groups[1 + pick])
+            if loss <= served_loss:
+                self.spec, self.state = groups[1 + pick].spec, state
+            else:
+                # Better than keep after the same rounds on the same clients, but not better
+                # than what the served model reached in the same time: at equal time the
+                # current configuration is still ahead, so it stays.
+                behind, pick, start = groups[1 + pick].name, None, "served"
+        winner = groups[0] if pick is None else groups[1 + pick]
         entry = self._entry(trial, groups, winner, early, rounds, evidence)
         entry.update(probe_rounds=probe_rounds, probes=n_probe, continued_from=start)
+        if behind:
+            entry["behind_served"] = behind
         if pick is None:
-            entry["val_accuracy"] = self.evaluate("validation")[0]  # the served model's
+            entry["val_accuracy"] = served_acc
         return server_round, entry
 
-    def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str]:
+    def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str, float]:
         """A background trial's winner continues from its probes' weights or from its added
         tensors on the served model's (which kept training meanwhile, with more clients),
-        whichever has the lower validation loss."""
+        whichever has the lower validation loss: (weights, which, that loss)."""
         options = {"probe": winner.state, "served trunk": overlay(winner.state, self.state)}
         loss = {k: self.evaluate("validation", winner.spec, v)[1] for k, v in options.items()}
         best = min(options, key=lambda k: (loss[k], k != "served trunk"))
-        return options[best], best
+        return options[best], best, loss[best]
 
     def _entry(
         self, trial: int, groups: list, winner: Group, early: bool, rounds: int, evidence: list
