@@ -75,6 +75,16 @@ def _rows(run_dir):
             "strategy.trial_rounds=1",
             "strategy.trial_wait_time=true",
         ],
+        [  # background trials and escalate keep their state in the trajectory
+            "strategy.name=autofed",
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+            "strategy.patience=1",
+            "strategy.trial_rounds=1",
+            'strategy.trial_pace="background"',
+            "strategy.escalate=true",
+        ],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",
             "tune.depth=1",
@@ -94,7 +104,14 @@ def _rows(run_dir):
             'aggregation.name="fedavgm"',
         ],
     ],
-    ids=["fixed", "autofed-published", "autofed-robust", "fixed-dp-fedadam", "robust-dp-fedavgm"],
+    ids=[
+        "fixed",
+        "autofed-published",
+        "autofed-robust",
+        "robust-background",
+        "fixed-dp-fedadam",
+        "robust-dp-fedavgm",
+    ],
 )
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, tmp_path, strategy):
     argv = _argv(tiny_model_dir, *strategy)
