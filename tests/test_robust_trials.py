@@ -522,4 +522,26 @@ def test_background_trials_pair_candidates_on_the_same_probes_beside_served_roun
         assert all(not probe & served_clients[k] for k in range(began, int(rnd) + 1))
     for t in summary["trajectory"]:
         assert t["probes"] == 2 and t["probe_rounds"] <= 2
+        assert set(t["keep_rounds"]) == set(t["evidence"]) and min(t["keep_rounds"].values()) >= 1
         assert set(t["evidence"]) == set(t["groups"]) - {"keep"}
+
+
+def test_equal_time_rounds_is_the_ratio_of_steady_round_times(tiny_model_dir, tmp_path):
+    """keep's probe trains as many rounds as fit in one candidate round, by the server's
+    estimate for the slowest probe once caches are filled (a fill is paid once)."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.autofed import Group
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "q", False)
+    keep, deeper = Group("keep", TuneSpec(B, 1, 8), {}), Group("deeper", TuneSpec(B, 2, 8), {})
+    # (samples, full steps, s per step, s of fill per step, s of transfer)
+    est = {(0, 1): (8, 2, 0.5, 9.0, 1.0), (1, 1): (8, 4, 0.5, 9.0, 1.0)}  # keep: 2 s, 3 s
+    est.update({(0, 2): (8, 2, 2.0, 9.0, 2.0), (1, 2): (8, 4, 2.0, 9.0, 2.0)})  # 6 s, 10 s
+    run._step_seconds = lambda c, spec, state: est[(c, spec.depth)]
+    assert run.equal_time_rounds([0, 1], keep, deeper) == 3  # round(10 / 3)
+    assert run.equal_time_rounds([0], keep, deeper) == 3  # 6 / 2
+    assert run.equal_time_rounds([0, 1], keep, keep) == 1
+    assert run.equal_time_rounds([0, 1], deeper, keep) == 1  # never fewer than one
