@@ -545,3 +545,23 @@ def test_equal_time_rounds_is_the_ratio_of_steady_round_times(tiny_model_dir, tm
     assert run.equal_time_rounds([0], keep, deeper) == 3  # 6 / 2
     assert run.equal_time_rounds([0, 1], keep, keep) == 1
     assert run.equal_time_rounds([0, 1], deeper, keep) == 1  # never fewer than one
+
+
+@pytest.mark.parametrize("gain, probe_rounds", [(-1.0, 1), (-0.1, 2)])
+def test_a_background_trial_every_candidate_clearly_loses_ends_at_the_interim_look(
+    tiny_model_dir, tmp_path, monkeypatch, gain, probe_rounds
+):
+    """Futility: at the interim look a candidate worse by twice the bar (here 2 x 1.64 x 0.1)
+    ends the trial, keep winning; one only a little worse gets the trial's rounds."""
+    import autofednlp.server.robust as robust
+    from autofednlp.server.policies import PairedEvidence
+
+    monkeypatch.setattr(
+        robust, "paired_evidence", lambda name, *a: PairedEvidence(name, gain, 0.1, 0.5, 0.6)
+    )
+    summary, _ = _background_run(
+        tiny_model_dir, tmp_path, "f", "strategy.early_decision=true", "federation.rounds=40"
+    )
+    first = summary["trajectory"][0]
+    assert first["winner"] == "keep" and first["probe_rounds"] == probe_rounds
+    assert first["decided_early"] == (probe_rounds == 1)

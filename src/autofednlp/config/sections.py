@@ -363,7 +363,8 @@ class StrategyConfig:
         True,
         "robust: after each of a trial's rounds but the last, end it at once if a candidate is "
         "already better than keep by twice confidence_z standard errors (new capacity starts "
-        "at zero, so an early reading is biased against the candidate, not for it)",
+        "at zero, so an early reading is biased against the candidate, not for it); with "
+        "trial_pace background also when every candidate is already worse by that bar",
     )
     candidates: str = _f(
         "upgrade",

@@ -373,7 +373,10 @@ class RobustAutoFedRun(AutoFedRun):
             ]
             if probe_rounds < st.trial_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
-                if pick is not None:
+                # ... and a trial every candidate already clearly loses ends too: the served
+                # model has lent its probe clients for nothing long enough
+                hopeless = all(e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence)
+                if pick is not None or hopeless:
                     early = True
                     break
         if probe_rounds and not early:
