@@ -522,13 +522,15 @@ def test_background_trials_pair_candidates_on_the_same_probes_beside_served_roun
         assert all(not probe & served_clients[k] for k in range(began, int(rnd) + 1))
     for t in summary["trajectory"]:
         assert t["probes"] == 2 and t["probe_rounds"] <= 2
-        assert set(t["keep_rounds"]) == set(t["evidence"]) and min(t["keep_rounds"].values()) >= 1
+        assert set(t["extra_s"]) == set(t["evidence"]) and min(t["extra_s"].values()) >= 0
+        assert t["served_loss_rate"] >= 0
         assert set(t["evidence"]) == set(t["groups"]) - {"keep"}
 
 
-def test_equal_time_rounds_is_the_ratio_of_steady_round_times(tiny_model_dir, tmp_path):
-    """keep's probe trains as many rounds as fit in one candidate round, by the server's
-    estimate for the slowest probe once caches are filled (a fill is paid once)."""
+def test_steady_round_time_and_the_served_loss_rate(tiny_model_dir, tmp_path):
+    """A candidate pays for the time its rounds cost beyond keep's: the server's estimate of
+    a round once caches are filled (its slowest client; a fill is paid once), priced at the
+    rate the served model's validation loss has lately been falling (never negative)."""
     from autofednlp.client.worker import client_data
     from autofednlp.server import make_run
     from autofednlp.server.autofed import Group
@@ -541,10 +543,15 @@ def test_equal_time_rounds_is_the_ratio_of_steady_round_times(tiny_model_dir, tm
     est = {(0, 1): (8, 2, 0.5, 9.0, 1.0), (1, 1): (8, 4, 0.5, 9.0, 1.0)}  # keep: 2 s, 3 s
     est.update({(0, 2): (8, 2, 2.0, 9.0, 2.0), (1, 2): (8, 4, 2.0, 9.0, 2.0)})  # 6 s, 10 s
     run._step_seconds = lambda c, spec, state: est[(c, spec.depth)]
-    assert run.equal_time_rounds([0, 1], keep, deeper) == 3  # round(10 / 3)
-    assert run.equal_time_rounds([0], keep, deeper) == 3  # 6 / 2
-    assert run.equal_time_rounds([0, 1], keep, keep) == 1
-    assert run.equal_time_rounds([0, 1], deeper, keep) == 1  # never fewer than one
+    assert run.steady_round_s([0, 1], keep) == 3.0 and run.steady_round_s([0, 1], deeper) == 10.0
+    served = [(1.0, 2.0), (2.0, 1.5), (3.0, 1.0), (4.0, 0.5)]  # falls 0.5 a second
+    run.recorder.rows = [{"sim_time_s": t, "val_loss": v, "served": True} for t, v in served]
+    run.recorder.rows.insert(2, {"sim_time_s": 2.5, "val_loss": 9.0, "served": False})
+    assert run.served_loss_rate(4) == pytest.approx(0.5)  # a probe's reading does not count
+    assert run.served_loss_rate(2) == pytest.approx(0.5)
+    run.recorder.rows = [{"sim_time_s": t, "val_loss": 3 - v, "served": "True"} for t, v in served]
+    assert run.served_loss_rate(4) == 0.0  # rising: nothing forgone
+    assert run.served_loss_rate(1) == 0.0  # one reading has no slope
 
 
 @pytest.mark.parametrize("gain, probe_rounds", [(-1.0, 1), (-0.1, 2)])

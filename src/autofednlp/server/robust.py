@@ -44,6 +44,7 @@ from autofednlp.cost.devices import client_device, get_profile
 from autofednlp.cost.flops import fill_cache_flops, train_step_flops
 from autofednlp.model.build import state_bytes
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.report.results import is_served
 from autofednlp.server.autofed import AutoFedRun, Group
 from autofednlp.server.policies import (
     StallDetector,
@@ -282,37 +283,40 @@ class RobustAutoFedRun(AutoFedRun):
     ) -> tuple[int, dict[str, Any]]:
         """A trial beside the served rounds (`trial_pace = "background"`).
 
-        A few probe clients (`trial_probes`) train every candidate and keep's configuration,
+        A few probe clients (`trial_probes`) train keep's configuration and every candidate,
         each from the weights the trial started with and each as a plain average, so a
         candidate and its reference see the same clients' data: the paired test weighs the
-        configurations, not who was drawn into which group. The comparison is at equal
-        simulated time: for each round of a candidate, keep's configuration trains as many
-        rounds as fit in that candidate's round time on those clients (the server's estimate,
-        `equal_time_rounds`), so a larger configuration must be better per second, not only
-        per round. Meanwhile the round's other clients train the served model round after
-        round at its own pace. A probe round's results count once its slowest probe client
-        could have trained all its tasks (the sum of the tasks' round times, an upper bound);
-        its traffic and energy count at once. The served model pays for a trial with the
-        clients it lends, not with rounds spent waiting for a deeper candidate. A candidate
-        that wins on the probes must also be no worse than the served model at that moment."""
+        configurations, not who was drawn into which group. Meanwhile the round's other
+        clients train the served model round after round at its own pace. A probe round's
+        results count once its slowest probe client could have trained all its tasks (the
+        sum of the tasks' round times, an upper bound); its traffic and energy count at once.
+        The served model pays for a trial with the clients it lends, not with rounds spent
+        waiting for a deeper candidate.
+
+        Time to accuracy asks which configuration is better per second, not per round. A
+        candidate whose round costs `extra` more seconds than keep's (the server's estimate
+        once caches are filled) must beat keep, after its j-th round, by more than what the
+        served model has lately gained in j x extra seconds (`served_loss_rate`, validation
+        loss per second). Repeating keep's rounds on the same few probes instead would overfit
+        it to their labels under skew and flatter the candidate. A candidate that wins must
+        also be no worse than the served model at that moment."""
         fed, st = self.cfg.federation, self.cfg.strategy
         n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
-        keep, cands = groups[0], groups[1:]
-        losses: dict[str, list] = {g.name: [] for g in cands}
-        keep_losses: dict[str, list] = {g.name: [] for g in cands}  # at that candidate's time
-        keep_acc: dict[str, list] = {g.name: [] for g in cands}
-        keep_states: list[dict] = []  # keep's probe weights after each of its rounds
-        pace: dict[str, int] = {}
+        rate = self.served_loss_rate(max(3, 2 * st.patience))
+        losses: dict[str, list] = {g.name: [] for g in groups}
+        extra: dict[str, float] = {}
         rounds = probe_rounds = 0
         early, pick, evidence, cut = False, None, [], False
         while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
             server_round += 1
             rounds += 1
             probes = self.sample(n_probe)
-            pace = pace or {g.name: self.equal_time_rounds(probes, keep, g) for g in cands}
-            # one call per candidate (a client is in one group of a call); the replies are
-            # waited for after the served round below, as a deployment would
-            tasks = [[(g.spec, g.state, probes)] for g in cands]
+            if not extra:
+                keep_s = self.steady_round_s(probes, groups[0])
+                extra = {g.name: max(0.0, self.steady_round_s(probes, g) - keep_s) for g in groups}
+            # one call per group (a client is in one group of a call); the replies are waited
+            # for after the served round below, as a deployment would
+            tasks = [[(g.spec, g.state, probes)] for g in groups]
             sent = [self.send_groups(server_round, t) for t in tasks]
             start_s, busy = self.clock.time_s, set(probes)
             results: list = []
@@ -324,16 +328,8 @@ class RobustAutoFedRun(AutoFedRun):
                         self.receive_groups(server_round, t, s, step=False)[0]
                         for t, s in zip(tasks, sent)
                     ]
-                    kept = []
-                    for _ in range(max(pace.values())):  # in turn: each from the last
-                        (res,) = self.train_groups(
-                            server_round, [(keep.spec, keep.state, probes)], step=False
-                        )
-                        keep.state = res.state
-                        kept.append(res)
-                        keep_states.append(res.state)
-                    self._advance([r.cost for r in results + kept], 0.0)
-                    done_s = start_s + sum(r.cost.duration_s for r in results + kept)
+                    self._advance([r.cost for r in results], 0.0)
+                    done_s = start_s + sum(r.cost.duration_s for r in results)
                 if self.clock.time_s >= done_s:
                     break
                 if not self.more_rounds(server_round):
@@ -344,33 +340,15 @@ class RobustAutoFedRun(AutoFedRun):
             if cut:
                 break
             probe_rounds += 1
-            seen: dict[int, Any] = {}
-            for g, res in zip(cands, results):
+            for g, res in zip(groups, results):
                 g.state = res.state
                 ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
                 g.accuracies.append(ev.metrics[self.metric])
-                losses[g.name].append(ev.sample_losses)
-                at = probe_rounds * pace[g.name] - 1  # keep's rounds in the same time
-                if at not in seen:
-                    seen[at] = self.evaluate_result(
-                        "validation", keep.spec, keep_states[at], per_sample=True
-                    )
-                keep_losses[g.name].append(seen[at].sample_losses)
-                keep_acc[g.name].append(seen[at].metrics[self.metric])
-                self._probe_row(server_round, trial, g.name, g.spec, res, ev)
-            last = seen[max(seen)]
-            self._probe_row(server_round, trial, "keep_probe", keep.spec, kept, last)
-            half = math.ceil(probe_rounds / 2)
-            evidence = [
-                paired_evidence(
-                    g.name,
-                    keep_losses[g.name][-half:],
-                    losses[g.name][-half:],
-                    keep_acc[g.name][-half:],
-                    g.accuracies[-half:],
-                )
-                for g in cands
-            ]
+                # the time the candidate's rounds cost beyond keep's, as served loss forgone
+                losses[g.name].append(ev.sample_losses + probe_rounds * extra[g.name] * rate)
+                name = f"{g.name}_probe" if g is groups[0] else g.name
+                self._probe_row(server_round, trial, name, g.spec, res, ev)
+            evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
             if probe_rounds < st.trial_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
                 # ... and a trial every candidate already clearly loses ends too: the served
@@ -384,17 +362,21 @@ class RobustAutoFedRun(AutoFedRun):
         served_acc, served_loss = self.evaluate("validation")
         start, behind = "served", None
         if pick is not None:
-            state, start, loss = self._continue_from(cands[pick])
+            state, start, loss = self._continue_from(groups[1 + pick])
             if loss <= served_loss:
-                self.spec, self.state = cands[pick].spec, state
+                self.spec, self.state = groups[1 + pick].spec, state
             else:
                 # better than keep on the probes, but not than the served model now: switching
                 # would hand out a worse model
-                behind, pick, start = cands[pick].name, None, "served"
-        winner = keep if pick is None else cands[pick]
+                behind, pick, start = groups[1 + pick].name, None, "served"
+        winner = groups[0] if pick is None else groups[1 + pick]
         entry = self._entry(trial, groups, winner, early, rounds, evidence)
         entry.update(
-            probe_rounds=probe_rounds, probes=n_probe, keep_rounds=pace, continued_from=start
+            probe_rounds=probe_rounds,
+            probes=n_probe,
+            served_loss_rate=round(rate, 6),
+            extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
+            continued_from=start,
         )
         if behind:
             entry["behind_served"] = behind
@@ -405,13 +387,8 @@ class RobustAutoFedRun(AutoFedRun):
     def _probe_row(
         self, server_round: int, trial: int, name: str, spec: TuneSpec, res: Any, ev: Any
     ) -> None:
-        """A probe group's row: its round (or keep's rounds, summed) and its reading."""
-        parts = res if isinstance(res, list) else [res]
-        row = self.round_row(server_round, spec, parts[-1])
-        columns = {"round_time_s": "duration_s", "bytes_up": "bytes_up"}
-        columns.update(bytes_down="bytes_down", energy_j="energy_j")
-        for column, attr in columns.items():
-            row[column] = sum(getattr(p.cost, attr) for p in parts)
+        """A probe group's row: its round and its reading."""
+        row = self.round_row(server_round, spec, res)
         row.update(
             trial=trial,
             group=name,
@@ -421,19 +398,34 @@ class RobustAutoFedRun(AutoFedRun):
         )
         self.record(row)
 
-    def equal_time_rounds(self, clients: list[int], keep: Group, cand: Group) -> int:
-        """How many rounds of keep's configuration `clients` train in the time of one round of
-        `cand`'s, by the server's estimate of a full round once caches are filled (a fill is
-        paid once; the comparison is about the rounds that follow): at least 1."""
+    def served_loss_rate(self, last: int) -> float:
+        """How fast the served model's validation loss fell per simulated second over its
+        `last` readings (least-squares slope; 0 when it did not fall). From the recorded rows,
+        so a resumed run computes the same."""
+        points = [
+            (float(r["sim_time_s"]), float(r["val_loss"]))
+            for r in self.recorder.rows
+            if is_served(r) and r.get("val_loss") is not None
+        ][-last:]
+        if len(points) < 2:
+            return 0.0
+        mt = sum(t for t, _ in points) / len(points)
+        ml = sum(v for _, v in points) / len(points)
+        var = sum((t - mt) ** 2 for t, _ in points)
+        if var <= 0:
+            return 0.0
+        slope = sum((t - mt) * (v - ml) for t, v in points) / var
+        return max(0.0, -slope)
 
-        def round_s(g: Group) -> float:
-            def steady(c: int) -> float:
-                n, full, step_s, _, transfer_s = self._step_seconds(c, g.spec, g.state)
-                return transfer_s + full * step_s
+    def steady_round_s(self, clients: list[int], g: Group) -> float:
+        """The server's estimate of a round of `g`'s configuration on `clients` once their
+        caches are filled (a fill is paid once): its slowest client's seconds."""
 
-            return max(steady(c) for c in clients)
+        def steady(c: int) -> float:
+            _, full, step_s, _, transfer_s = self._step_seconds(c, g.spec, g.state)
+            return transfer_s + full * step_s
 
-        return max(1, round(round_s(cand) / max(round_s(keep), 1e-12)))
+        return max(steady(c) for c in clients)
 
     def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str, float]:
         """A background trial's winner continues from its probes' weights or from its added
