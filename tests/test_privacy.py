@@ -102,6 +102,7 @@ def test_a_trial_run_counts_every_group_and_reports_epsilon(tiny_model_dir, tmp_
         "tune.width=8",
         "strategy.trial_every=1",
         "strategy.trial_rounds=1",
+        'strategy.trial_pace="keep"',  # trial rounds: every group's clients in one release
         "federation.rounds=3",
         'privacy.mode="central"',
         'aggregation.name="fedavgm"',
@@ -119,6 +120,37 @@ def test_a_trial_run_counts_every_group_and_reports_epsilon(tiny_model_dir, tmp_
         assert eps == [pytest.approx(ledger.epsilon())] * len(eps)
     assert s["privacy"]["epsilon"] == pytest.approx(ledger.epsilon())
     assert s["privacy"]["rounds"] == 3
+
+
+def test_background_trials_count_each_probe_task_as_a_release(tiny_model_dir, tmp_path):
+    """Probe clients train keep's configuration and each candidate: the same clients in
+    several releases of one round, so each task's group average is its own noisy release
+    (sequential composition), as is each served round. RDP composes in any order, so the
+    final epsilon is that of one release per row of the rounds file."""
+    cfg = small_config(
+        tiny_model_dir,
+        tmp_path,
+        'strategy.name="autofed"',
+        "tune.depth=0",
+        "tune.width=8",
+        "strategy.trial_every=1",
+        "strategy.trial_rounds=1",
+        'strategy.trial_pace="background"',
+        "federation.rounds=12",
+        'privacy.mode="central"',
+    )
+    s = run_experiment(cfg, progress="quiet")
+    rows = _rows(s["run_dir"])
+    assert any(r["served"] == "False" for r in rows), "no probe round finished"
+    ledger = PrivacyLedger(cfg.privacy, cfg.data.num_clients)
+    for r in rows:
+        ledger.record([int(c) for c in r["clients"].split()])
+    if all(t["probe_rounds"] for t in s["trajectory"]):
+        assert s["privacy"]["epsilon"] == pytest.approx(ledger.epsilon())
+        assert s["privacy"]["rounds"] == len(rows)
+    else:  # the run ended inside a probe round: its tasks were sent (and count), never recorded
+        assert s["privacy"]["epsilon"] > ledger.epsilon()
+        assert s["privacy"]["rounds"] > len(rows)
 
 
 def test_local_dp_runs(tiny_model_dir, tmp_path):

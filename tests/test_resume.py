@@ -74,6 +74,7 @@ def _rows(run_dir):
             "strategy.patience=1",
             "strategy.trial_rounds=1",
             "strategy.trial_wait_time=true",
+            'strategy.trial_pace="keep"',
         ],
         [  # background trials and escalate keep their state in the trajectory
             "strategy.name=autofed",

@@ -161,6 +161,7 @@ def _cfg(tiny_model_dir, tmp_path, *extra):
         "strategy.min_delta=1.0",
         "strategy.trial_every=0",
         "strategy.trial_rounds=2",
+        'strategy.trial_pace="keep"',  # trial rounds; the background tests set their own
         *extra,
     )
 

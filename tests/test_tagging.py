@@ -340,9 +340,20 @@ def test_a_device_tags_its_own_file_with_the_server_tag_set(tiny_model_dir, tmp_
             "strategy.patience=1",
             "strategy.min_delta=1.0",
             "strategy.trial_rounds=1",
+            'strategy.trial_pace="keep"',
+        ],
+        [  # the default: in the background, judged by F1 too
+            "strategy.name=autofed",
+            "tune.depth=0",
+            "tune.width=8",
+            "strategy.max_width=16",
+            "strategy.patience=1",
+            "strategy.min_delta=1.0",
+            "strategy.trial_rounds=1",
+            "federation.rounds=12",
         ],
     ],
-    ids=["full", "freeze", "bottleneck", "autofed-published", "autofed-robust"],
+    ids=["full", "freeze", "bottleneck", "autofed-published", "autofed-robust", "autofed-bg"],
 )
 def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra):
     from small_run import small_config
@@ -362,6 +373,14 @@ def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra
         first = [r for r in rows if r["trial"] == 1]
         best = max(r["val_f1"] for r in first)
         assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(best)
+    elif 'strategy.trial_pace="keep"' not in extra and "strategy.name=autofed" in extra:
+        # background: probe readings are never served; keep's entry is the served F1
+        entry = summary["trajectory"][0]
+        probes = [r for r in rows if r.get("trial") == 1 and not r["served"]]
+        assert probes and {r["group"] for r in probes} >= {"keep_probe", "deeper"}
+        if entry["winner"] == "keep":
+            served = [r for r in rows if r["served"] and r["round"] <= probes[-1]["round"]]
+            assert entry["val_accuracy"] == pytest.approx(served[-1]["val_f1"])
     elif "strategy.name=autofed" in extra:
         # robust: the trial's entry is its winner's F1, and only keep's readings are served
         (trial,) = [

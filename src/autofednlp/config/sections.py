@@ -333,18 +333,19 @@ class StrategyConfig:
         "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
     trial_pace: str = _f(
-        "keep",
-        "robust: what sets a trial round's length, which lasts as long as its slowest client: "
-        "keep (clients dealt out in turn; a candidate's client trains at most the local steps "
-        "that fit in the time the slowest client of keep's group takes, estimated from data "
-        "sizes and devices in past replies, cache fills and FLOPs), place (clients placed by "
-        "that estimate, the largest on the cheapest configuration, with full local epochs) "
-        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest). "
-        "background: no trial round at all; a few probe clients (trial_probes) train keep and "
-        "every candidate in turn from the same weights (a paired comparison on the same "
-        "clients' data), while the rest of each round's clients train the served model at its "
-        "own pace; a probe round counts once its probes could have finished (trial_judge does "
-        "not apply)",
+        "background",
+        "robust: how a trial's clients are paced. background: no trial round at all; a few "
+        "probe clients (trial_probes) train keep and every candidate from the same weights (a "
+        "paired comparison on the same clients' data, a candidate paying for its extra round "
+        "time at the served model's recent loss rate), while the rest of each round's clients "
+        "train the served model at its own pace; a probe round counts once its probes could "
+        "have finished (trial_judge does not apply). The others run trial rounds, which last "
+        "as long as their slowest client: keep (clients dealt out in turn; a candidate's "
+        "client trains at most the local steps that fit in the time the slowest client of "
+        "keep's group takes, estimated from data sizes and devices in past replies, cache "
+        "fills and FLOPs), place (clients placed by that estimate, the largest on the "
+        "cheapest configuration, with full local epochs) "
+        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
     )
     trial_probes: int = _f(
         0,

@@ -11,24 +11,24 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
   follow the returns of past trials (`TrialSchedule`): shorter after a growth, longer after
   `keep` won; with `trial_wait_time` they are also counted in simulated time, so trials keep a
   bounded share of it however cheap the current configuration's rounds become.
-- In a trial each sampled client trains one candidate (keep, deeper, wider), all grown from the
-  current weights. The current configuration's tensors are the leading slice of every
-  candidate's, and that shared trunk is averaged over every group's clients each round
-  (`shared_average`): no client's work on it is lost, and `keep` is the served model.
+- By default (`trial_pace = "background"`) a trial has no rounds of its own: a few probe
+  clients train keep and every candidate from the same weights (paired on the same clients'
+  data; a candidate pays for its extra round time at the served model's recent loss rate)
+  while the other clients train the served model at its own pace (`_background_trial`).
+- Otherwise each sampled client of a trial round trains one candidate (keep, deeper, wider),
+  all grown from the current weights. The current configuration's tensors are the leading
+  slice of every candidate's, and that shared trunk is averaged over every group's clients
+  each round (`shared_average`): no client's work on it is lost, and `keep` is the served
+  model. A candidate is judged as its own group's average against keep's own group's
+  (`trial_judge = "groups"`) or as its added tensors on the shared trunk against the served
+  keep (`"shared"`). A trial round lasts as long as its slowest client; with
+  `trial_pace = "keep"` a candidate's clients train at most the local steps that fit in the
+  time of keep's slowest client, as the server estimates it (`client_seconds`).
 - A paired comparison of per-sample validation losses (same samples) judges each candidate
-  against `keep` (`trial_judge`): as its own group's average against keep's own group's
-  (`groups`, the default: a deeper candidate keeps the upper layers that trained beside its new
-  layer), or as its added tensors on the shared trunk against the served keep (`shared`). A
-  candidate replaces the current configuration only if it is better by more than
+  against keep: it replaces the current configuration only if it is better by more than
   `confidence_z` standard errors and no worse on the target metric (`pick_paired`); one far
   ahead at an interim look wins at once (`early_decision`). It continues from its final
   weights, not from a lucky round's.
-- A trial round lasts as long as its slowest client. With `trial_pace = "keep"` a candidate's
-  clients train at most the local steps that fit in the time of keep's slowest client, as the
-  server estimates it from what its clients told it (`client_seconds`). With
-  `trial_pace = "background"` there is no trial round: a few probe clients train keep and
-  every candidate from the same weights (paired on the same clients' data) while the others
-  train the served model at its own pace (`_background_trial`).
 """
 
 from __future__ import annotations
