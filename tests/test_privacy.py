@@ -93,18 +93,24 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
+# AutoFedNLP with a one-round trial after every round, under central DP
+TRIALS = [
+    'strategy.name="autofed"',
+    "tune.depth=0",
+    "tune.width=8",
+    "strategy.trial_every=1",
+    "strategy.trial_rounds=1",
+    'privacy.mode="central"',
+]
+
+
 def test_a_trial_run_counts_every_group_and_reports_epsilon(tiny_model_dir, tmp_path):
     cfg = small_config(
         tiny_model_dir,
         tmp_path,
-        'strategy.name="autofed"',
-        "tune.depth=0",
-        "tune.width=8",
-        "strategy.trial_every=1",
-        "strategy.trial_rounds=1",
+        *TRIALS,
         'strategy.trial_pace="keep"',  # trial rounds: every group's clients in one release
         "federation.rounds=3",
-        'privacy.mode="central"',
         'aggregation.name="fedavgm"',
     )
     s = run_experiment(cfg, progress="quiet")
@@ -130,14 +136,9 @@ def test_background_trials_count_each_probe_task_as_a_release(tiny_model_dir, tm
     cfg = small_config(
         tiny_model_dir,
         tmp_path,
-        'strategy.name="autofed"',
-        "tune.depth=0",
-        "tune.width=8",
-        "strategy.trial_every=1",
-        "strategy.trial_rounds=1",
+        *TRIALS,
         'strategy.trial_pace="background"',
         "federation.rounds=12",
-        'privacy.mode="central"',
     )
     s = run_experiment(cfg, progress="quiet")
     rows = _rows(s["run_dir"])

@@ -53,6 +53,17 @@ def _rows(run_dir):
         return [{k: r[k] for k in COMPARED} for r in csv.DictReader(f)]
 
 
+# robust trials that start at once (every reading a stall), one round each
+ROBUST = [
+    "strategy.name=autofed",
+    "tune.depth=0",
+    "tune.width=8",
+    "strategy.max_width=16",
+    "strategy.patience=1",
+    "strategy.trial_rounds=1",
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy",
@@ -66,26 +77,10 @@ def _rows(run_dir):
             "strategy.max_width=16",
             "strategy.trial_rounds=1",
         ],
-        [  # stall counter, best reading, trajectory and the schedule's clock are checkpointed
-            "strategy.name=autofed",
-            "tune.depth=0",
-            "tune.width=8",
-            "strategy.max_width=16",
-            "strategy.patience=1",
-            "strategy.trial_rounds=1",
-            "strategy.trial_wait_time=true",
-            'strategy.trial_pace="keep"',
-        ],
-        [  # background trials and escalate keep their state in the trajectory
-            "strategy.name=autofed",
-            "tune.depth=0",
-            "tune.width=8",
-            "strategy.max_width=16",
-            "strategy.patience=1",
-            "strategy.trial_rounds=1",
-            'strategy.trial_pace="background"',
-            "strategy.escalate=true",
-        ],
+        # stall counter, best reading, trajectory and the schedule's clock are checkpointed
+        [*ROBUST, "strategy.trial_wait_time=true", 'strategy.trial_pace="keep"'],
+        # background trials and escalate keep their state in the trajectory
+        [*ROBUST, 'strategy.trial_pace="background"', "strategy.escalate=true"],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",
             "tune.depth=1",

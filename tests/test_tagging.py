@@ -319,6 +319,17 @@ def test_a_device_tags_its_own_file_with_the_server_tag_set(tiny_model_dir, tmp_
         train_round(cfg, 4, spec, state, 1, **kw)
 
 
+ROBUST_NOW = [
+    "strategy.name=autofed",
+    "tune.depth=0",
+    "tune.width=8",
+    "strategy.max_width=16",
+    "strategy.patience=1",
+    "strategy.min_delta=1.0",
+    "strategy.trial_rounds=1",
+]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -332,26 +343,9 @@ def test_a_device_tags_its_own_file_with_the_server_tag_set(tiny_model_dir, tmp_
             "tune.width=8",
             "strategy.max_width=16",
         ],
-        [  # robust trials: every reading a stall, so a one-round trial follows round 1
-            "strategy.name=autofed",
-            "tune.depth=0",
-            "tune.width=8",
-            "strategy.max_width=16",
-            "strategy.patience=1",
-            "strategy.min_delta=1.0",
-            "strategy.trial_rounds=1",
-            'strategy.trial_pace="keep"',
-        ],
-        [  # the default: in the background, judged by F1 too
-            "strategy.name=autofed",
-            "tune.depth=0",
-            "tune.width=8",
-            "strategy.max_width=16",
-            "strategy.patience=1",
-            "strategy.min_delta=1.0",
-            "strategy.trial_rounds=1",
-            "federation.rounds=12",
-        ],
+        # robust trials: every reading a stall, so a one-round trial follows round 1
+        [*ROBUST_NOW, 'strategy.trial_pace="keep"'],
+        [*ROBUST_NOW, "federation.rounds=12"],  # the default, in the background
     ],
     ids=["full", "freeze", "bottleneck", "autofed-published", "autofed-robust", "autofed-bg"],
 )
