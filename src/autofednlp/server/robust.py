@@ -192,9 +192,7 @@ class RobustAutoFedRun(AutoFedRun):
         self.state = res.state
         self.clock.advance(res.cost)
         metrics = self.evaluate_metrics("validation")
-        row = {**self.round_row(server_round, self.spec, res), **row}
-        row.update(served=True, sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
-        self.record(row)
+        self._record_round(server_round, self.spec, res, metrics, **row, served=True)
         return metrics[self.metric]
 
     def _trial(
@@ -251,15 +249,9 @@ class RobustAutoFedRun(AutoFedRun):
                     judged = self.evaluate_result("validation", g.spec, own_keep, per_sample=True)
                 g.accuracies.append(judged.metrics[self.metric])  # the run's target metric
                 losses[g.name].append(judged.sample_losses)
-                row = self.round_row(server_round, g.spec, res)
-                row.update(
-                    trial=trial,
-                    group=g.name,
-                    served=g is keep,
-                    sim_time_s=self.clock.time_s,
-                    **self.metric_columns(metrics),
+                self._record_round(
+                    server_round, g.spec, res, metrics, trial=trial, group=g.name, served=g is keep
                 )
-                self.record(row)
             stall.observe(served)
             if st.early_decision and rounds < st.trial_rounds:
                 # An interim look, at twice the bar: new capacity starts at zero, so an early
@@ -347,7 +339,10 @@ class RobustAutoFedRun(AutoFedRun):
                 # the time the candidate's rounds cost beyond keep's, as served loss forgone
                 losses[g.name].append(ev.sample_losses + probe_rounds * extra[g.name] * rate)
                 name = f"{g.name}_probe" if g is groups[0] else g.name
-                self._probe_row(server_round, trial, name, g.spec, res, ev)
+                metrics = {**ev.metrics, "loss": ev.loss}
+                self._record_round(
+                    server_round, g.spec, res, metrics, trial=trial, group=name, served=False
+                )
             evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
             if probe_rounds < st.trial_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
@@ -384,18 +379,13 @@ class RobustAutoFedRun(AutoFedRun):
             entry["val_accuracy"] = served_acc
         return server_round, entry
 
-    def _probe_row(
-        self, server_round: int, trial: int, name: str, spec: TuneSpec, res: Any, ev: Any
+    def _record_round(
+        self, server_round: int, spec: TuneSpec, res: Any, metrics: dict, **columns: Any
     ) -> None:
-        """A probe group's row: its round and its reading."""
-        row = self.round_row(server_round, spec, res)
-        row.update(
-            trial=trial,
-            group=name,
-            served=False,
-            sim_time_s=self.clock.time_s,
-            **self.metric_columns({**ev.metrics, "loss": ev.loss}),
-        )
+        """A group's row: its round, `columns` (trial, group, served), the clock and its
+        validation `metrics`."""
+        row = {**self.round_row(server_round, spec, res), **columns}
+        row.update(sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
         self.record(row)
 
     def served_loss_rate(self, last: int) -> float:
