@@ -151,3 +151,36 @@ def test_the_plot_shows_f1_where_the_runs_target_is_f1(tmp_path, figures):
     ax = figures["accuracy_vs_time.png"].axes[0]
     assert ax.get_ylabel() == "best validation entity F1 so far"
     assert [y for _, y in ax.lines[0].get_xydata()][-1] == 0.5
+
+
+def test_progress_best_follows_the_served_model_only(capsys):
+    """A background trial's probe readings are printed, but "best" stays the best reading of
+    the model the server would hand out; group names line up in their column."""
+    from autofednlp.report.progress import ProgressPrinter
+
+    printer = ProgressPrinter(total_rounds=3)
+    common = {"config": "bottleneck(d=0,w=8)", "bytes_up": 0, "bytes_down": 0}
+    printer({**common, "round": 1, "sim_time_s": 1.0, "wall_time_s": 1.0, "val_accuracy": 0.5})
+    for group, acc, served in (
+        ("keep", 0.6, True),
+        ("keep_probe", 0.9, False),
+        ("deeper", 0.8, False),
+    ):
+        printer(
+            {
+                **common,
+                "round": 2,
+                "sim_time_s": 2.0,
+                "wall_time_s": 2.0,
+                "val_accuracy": acc,
+                "trial": 1,
+                "group": group,
+                "served": served,
+            }
+        )
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("best ")[1][:5] for line in lines] == ["0.500", "0.600", "0.600", "0.600"]
+    # the config column starts at the same place for every group
+    starts = {line.index("bottleneck") for line in lines[1:]}
+    assert len(starts) == 1
+    assert printer.best == 0.6

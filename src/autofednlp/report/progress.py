@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from autofednlp.report.results import human_duration
+from autofednlp.report.results import human_duration, is_served
 
 _mode = "quiet"  # stage notes print only in "lines" mode; set by `set_mode`
 
@@ -88,7 +88,9 @@ class ProgressPrinter:
     """Per-round progress: `lines` (human, on stderr, with a wall-clock ETA), `json` (one JSON
     object per round on stdout, for scripts) or `quiet`. `metric` is the run's target metric
     (its val_<metric> column is shown); `baseline` is the majority-class accuracy of the
-    validation split, shown beside each accuracy reading."""
+    validation split, shown beside each accuracy reading. "best" is the best reading of the
+    model the server would hand out (`is_served`): a trial's probe or candidate readings are
+    shown on their own lines but never become it."""
 
     def __init__(
         self,
@@ -122,7 +124,7 @@ class ProgressPrinter:
     def __call__(self, row: dict[str, Any]) -> None:
         self.bytes += row["bytes_up"] + row["bytes_down"]
         acc = row.get(f"val_{self.metric}")
-        if acc is not None:
+        if acc is not None and is_served(row):
             self.best = acc if self.best is None else max(self.best, acc)
         if self.mode == "json":
             print(json.dumps(row, default=str), flush=True)
@@ -131,7 +133,7 @@ class ProgressPrinter:
         acc_s = "  -  " if acc is None else f"{acc:.3f}"
         best_s = "  -  " if self.best is None else f"{self.best:.3f}"
         base_s = "" if self.baseline is None else f", majority {self.baseline:.3f}"
-        where = f"trial {row['trial']} {row['group']:<7} " if row.get("group") else ""
+        where = f"trial {row['trial']} {row['group']:<12} " if row.get("group") else ""
         eps = row.get("epsilon")
         eps_s = "" if eps is None else f" | eps {eps:.3g}"
         wall = row["wall_time_s"]
