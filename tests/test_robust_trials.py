@@ -573,3 +573,28 @@ def test_a_background_trial_every_candidate_clearly_loses_ends_at_the_interim_lo
     first = summary["trajectory"][0]
     assert first["winner"] == "keep" and first["probe_rounds"] == probe_rounds
     assert first["decided_early"] == (probe_rounds == 1)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_a_trial_at_a_plateau_lends_the_probes_more_clients_and_rounds(
+    tiny_model_dir, tmp_path, monkeypatch, rate
+):
+    """plateau_rounds: a background trial that starts while the served loss no longer falls
+    (rate 0) swaps the shares (4 probes of 6, the served model training with 2) and runs up
+    to plateau_rounds probe rounds; one that starts while it still falls is as any other
+    (2 probes, trial_rounds)."""
+    from autofednlp.server.robust import RobustAutoFedRun
+
+    monkeypatch.setattr(RobustAutoFedRun, "served_loss_rate", lambda self, last: rate)
+    summary, rows = _background_run(
+        tiny_model_dir, tmp_path, "p", "strategy.plateau_rounds=3", "federation.rounds=18"
+    )
+    plateau = rate == 0.0
+    trials = summary["trajectory"]
+    assert trials and all(t["plateau"] == plateau for t in trials)
+    assert all(t["probes"] == (4 if plateau else 2) for t in trials)
+    assert max(t["probe_rounds"] for t in trials) == (3 if plateau else 2)
+    served = [r for r in rows if r["served"] == "True" and r["trial"]]
+    assert served and all(len(r["clients"].split()) == (2 if plateau else 4) for r in served)
+    probes = [r for r in rows if r["served"] != "True"]
+    assert probes and all(len(r["clients"].split()) == (4 if plateau else 2) for r in probes)

@@ -352,6 +352,15 @@ class StrategyConfig:
         "robust, trial_pace = background: clients per probe round, taken from "
         "clients_per_round (the served model trains with the rest); 0 = a third of it",
     )
+    plateau_rounds: int = _f(
+        0,
+        "robust, trial_pace = background: a trial that starts while the served model's "
+        "validation loss no longer falls (served loss rate 0: lending clients costs it "
+        "nothing) swaps the shares: the probes get the round's clients but trial_probes' "
+        "share (default two thirds), and the trial runs up to this many probe rounds instead "
+        "of trial_rounds, so new capacity that starts at zero has the clients and the rounds "
+        "to show a gain; 0 = off (every trial as any other)",
+    )
     trial_judge: str = _f(
         "groups",
         "robust: what a trial compares. shared: each candidate as its own added tensors on the "
@@ -416,7 +425,10 @@ class StrategyConfig:
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
         _check_min(self, "strategy", 1, *steps)
-        counts = ("max_depth", "min_delta", "confidence_z", "trial_every", "trial_probes")
+        counts = (
+            "max_depth", "min_delta", "confidence_z", "trial_every", "trial_probes",
+            "plateau_rounds",
+        )
         _check_min(self, "strategy", 0, *counts)
         _check_min(self, "strategy", 1, "patience")
         _check_min(self, "strategy", 0, "trial_base_s", strict=True)

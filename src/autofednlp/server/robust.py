@@ -295,11 +295,17 @@ class RobustAutoFedRun(AutoFedRun):
         fed, st = self.cfg.federation, self.cfg.strategy
         n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
         rate = self.served_loss_rate(max(3, 2 * st.patience))
+        max_rounds, plateau = st.trial_rounds, bool(st.plateau_rounds) and rate == 0.0
+        if plateau:
+            # the served model gains nothing from its clients: they are better spent on the
+            # probes, which need many clients and rounds to show new capacity's gain
+            n_probe = max(n_probe, fed.clients_per_round - n_probe)
+            max_rounds = max(max_rounds, st.plateau_rounds)
         losses: dict[str, list] = {g.name: [] for g in groups}
         extra: dict[str, float] = {}
         rounds = probe_rounds = 0
         early, pick, evidence, cut = False, None, [], False
-        while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
+        while probe_rounds < max_rounds and self.more_rounds(server_round):
             server_round += 1
             rounds += 1
             probes = self.sample(n_probe)
@@ -344,7 +350,7 @@ class RobustAutoFedRun(AutoFedRun):
                     server_round, g.spec, res, metrics, trial=trial, group=name, served=False
                 )
             evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
-            if probe_rounds < st.trial_rounds and st.early_decision:
+            if probe_rounds < max_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
                 # ... and a trial every candidate already clearly loses ends too: the served
                 # model has lent its probe clients for nothing long enough
@@ -369,6 +375,7 @@ class RobustAutoFedRun(AutoFedRun):
         entry.update(
             probe_rounds=probe_rounds,
             probes=n_probe,
+            plateau=plateau,
             served_loss_rate=round(rate, 6),
             extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
             continued_from=start,
