@@ -359,7 +359,8 @@ class StrategyConfig:
         "nothing) swaps the shares: the probes get the round's clients but trial_probes' "
         "share (default two thirds), and the trial runs up to this many probe rounds instead "
         "of trial_rounds, so new capacity that starts at zero has the clients and the rounds "
-        "to show a gain; 0 = off (every trial as any other)",
+        "to show a gain; since it takes nothing from the served model, no wait in simulated "
+        "time follows it (trial_wait_time); 0 = off (every trial as any other)",
     )
     trial_judge: str = _f(
         "groups",

@@ -98,7 +98,9 @@ class RobustAutoFedRun(AutoFedRun):
                 server_round, entry = self._trial(trial, candidates, server_round, stall)
                 trajectory.append(entry)
                 self.recorder.trial(entry)
-                schedule.after_trial(entry["winner"] != "keep", start_s, self.clock.time_s)
+                # a trial at a plateau took nothing from the served model: no time to wait off
+                cost_from = self.clock.time_s if entry.get("plateau") else start_s
+                schedule.after_trial(entry["winner"] != "keep", cost_from, self.clock.time_s)
                 stall.restart()
                 since_trial = 0
                 if fed.checkpoint_every > 0:
