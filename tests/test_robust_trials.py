@@ -4,6 +4,7 @@ count towards time to target."""
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -553,6 +554,11 @@ def test_steady_round_time_and_the_served_loss_rate(tiny_model_dir, tmp_path):
     run.recorder.rows = [{"sim_time_s": t, "val_loss": 3 - v, "served": "True"} for t, v in served]
     assert run.served_loss_rate(4) == 0.0  # rising: nothing forgone
     assert run.served_loss_rate(1) == 0.0  # one reading has no slope
+    noisy = [(1.0, 1.0), (2.0, 0.6), (3.0, 1.0), (4.0, 0.6)]  # slope -0.08, squared residuals 0.128
+    run.recorder.rows = [{"sim_time_s": t, "val_loss": v, "served": True} for t, v in noisy]
+    rate, stderr = run.served_loss_trend(4)
+    assert rate == pytest.approx(0.08) and stderr == pytest.approx(math.sqrt(0.128 / 2 / 5))
+    assert run.served_loss_trend(4)[1] > rate / 1.64  # within the noise: a plateau
 
 
 @pytest.mark.parametrize("gain, probe_rounds", [(-1.0, 1), (-0.1, 2)])
@@ -585,7 +591,8 @@ def test_a_trial_at_a_plateau_lends_the_probes_more_clients_and_rounds(
     (2 probes, trial_rounds)."""
     from autofednlp.server.robust import RobustAutoFedRun
 
-    monkeypatch.setattr(RobustAutoFedRun, "served_loss_rate", lambda self, last: rate)
+    trend = (rate, 0.1)  # rate 0.5 is 5 standard errors: still falling
+    monkeypatch.setattr(RobustAutoFedRun, "served_loss_trend", lambda self, last: trend)
     summary, rows = _background_run(
         tiny_model_dir, tmp_path, "p", "strategy.plateau_rounds=3", "federation.rounds=18"
     )

@@ -355,7 +355,8 @@ class StrategyConfig:
     plateau_rounds: int = _f(
         0,
         "robust, trial_pace = background: a trial that starts while the served model's "
-        "validation loss no longer falls (served loss rate 0: lending clients costs it "
+        "validation loss no longer falls (its least-squares slope over the last 2 x patience "
+        "readings within confidence_z standard errors of 0: lending clients costs it "
         "nothing) swaps the shares: the probes get the round's clients but trial_probes' "
         "share (default two thirds), and the trial runs up to this many probe rounds instead "
         "of trial_rounds, so new capacity that starts at zero has the clients and the rounds "

@@ -296,14 +296,16 @@ class RobustAutoFedRun(AutoFedRun):
         also be no worse than the served model at that moment.
 
         With `plateau_rounds`, a trial that starts while the served loss no longer falls
-        (rate 0) swaps the shares: the probes get all but `n_probe` of the round's clients and
+        detectably (its slope within `confidence_z` standard errors of 0) swaps the shares: the probes get all but `n_probe` of the round's clients and
         up to `plateau_rounds` probe rounds. A two-layer step at a plateau showed nothing on 5
         probes in 2 rounds and a clear gain on 10 in 5 (the tweets, RESULTS.md), and the
         served model, gaining nothing from its clients, loses nothing by lending them."""
         fed, st = self.cfg.federation, self.cfg.strategy
         n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
-        rate = self.served_loss_rate(max(3, 2 * st.patience))
-        max_rounds, plateau = st.trial_rounds, bool(st.plateau_rounds) and rate == 0.0
+        rate, rate_se = self.served_loss_trend(max(3, 2 * st.patience))
+        # a plateau: the served loss is not falling by more than its readings' noise shows
+        plateau = bool(st.plateau_rounds) and rate <= st.confidence_z * rate_se
+        max_rounds = st.trial_rounds
         if plateau:
             # the served model gains nothing from its clients: they are better spent on the
             # probes, which need many clients and rounds to show new capacity's gain
@@ -411,20 +413,29 @@ class RobustAutoFedRun(AutoFedRun):
         """How fast the served model's validation loss fell per simulated second over its
         `last` readings (least-squares slope; 0 when it did not fall). From the recorded rows,
         so a resumed run computes the same."""
+        return self.served_loss_trend(last)[0]
+
+    def served_loss_trend(self, last: int) -> tuple[float, float]:
+        """(`served_loss_rate`, the standard error of that least-squares slope; 0 with fewer
+        than 3 readings)."""
         points = [
             (float(r["sim_time_s"]), float(r["val_loss"]))
             for r in self.recorder.rows
             if is_served(r) and r.get("val_loss") is not None
         ][-last:]
         if len(points) < 2:
-            return 0.0
+            return 0.0, 0.0
         mt = sum(t for t, _ in points) / len(points)
         ml = sum(v for _, v in points) / len(points)
         var = sum((t - mt) ** 2 for t, _ in points)
         if var <= 0:
-            return 0.0
+            return 0.0, 0.0
         slope = sum((t - mt) * (v - ml) for t, v in points) / var
-        return max(0.0, -slope)
+        stderr = 0.0
+        if len(points) > 2:
+            residual = sum((v - ml - slope * (t - mt)) ** 2 for t, v in points)
+            stderr = math.sqrt(residual / (len(points) - 2) / var)
+        return max(0.0, -slope), stderr
 
     def steady_round_s(self, clients: list[int], g: Group) -> float:
         """The server's estimate of a round of `g`'s configuration on `clients` once their
