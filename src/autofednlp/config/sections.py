@@ -428,7 +428,11 @@ class StrategyConfig:
         steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
         _check_min(self, "strategy", 1, *steps)
         counts = (
-            "max_depth", "min_delta", "confidence_z", "trial_every", "trial_probes",
+            "max_depth",
+            "min_delta",
+            "confidence_z",
+            "trial_every",
+            "trial_probes",
             "plateau_rounds",
         )
         _check_min(self, "strategy", 0, *counts)

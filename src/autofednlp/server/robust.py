@@ -296,10 +296,11 @@ class RobustAutoFedRun(AutoFedRun):
         also be no worse than the served model at that moment.
 
         With `plateau_rounds`, a trial that starts while the served loss no longer falls
-        detectably (its slope within `confidence_z` standard errors of 0) swaps the shares: the probes get all but `n_probe` of the round's clients and
-        up to `plateau_rounds` probe rounds. A two-layer step at a plateau showed nothing on 5
-        probes in 2 rounds and a clear gain on 10 in 5 (the tweets, RESULTS.md), and the
-        served model, gaining nothing from its clients, loses nothing by lending them."""
+        detectably (its slope within `confidence_z` standard errors of 0) swaps the shares:
+        the probes get all but `n_probe` of the round's clients and up to `plateau_rounds`
+        probe rounds. A two-layer step at a plateau showed nothing on 5 probes in 2 rounds
+        and a clear gain on 10 in 5 (the tweets, RESULTS.md), and the served model, gaining
+        nothing from its clients, loses nothing by lending them."""
         fed, st = self.cfg.federation, self.cfg.strategy
         n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
         rate, rate_se = self.served_loss_trend(max(3, 2 * st.patience))
