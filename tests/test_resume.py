@@ -79,8 +79,16 @@ ROBUST = [
         ],
         # stall counter, best reading, trajectory and the schedule's clock are checkpointed
         [*ROBUST, "strategy.trial_wait_time=true", 'strategy.trial_pace="keep"'],
-        # background trials and escalate keep their state in the trajectory
-        [*ROBUST, 'strategy.trial_pace="background"', "strategy.escalate=true"],
+        # background trials and escalate keep their state in the trajectory, the plateau's
+        # reference level in the strategy state (trial 1 is at a plateau by its slope,
+        # trial 2 by its level)
+        [
+            *ROBUST,
+            'strategy.trial_pace="background"',
+            "strategy.escalate=true",
+            "strategy.plateau_rounds=1",
+            "federation.rounds=12",
+        ],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",
             "tune.depth=1",

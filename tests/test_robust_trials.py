@@ -561,6 +561,35 @@ def test_steady_round_time_and_the_served_loss_rate(tiny_model_dir, tmp_path):
     assert run.served_loss_trend(4)[1] > rate / 1.64  # within the noise: a plateau
 
 
+def test_a_plateau_is_remembered_until_the_served_loss_falls_below_it(tiny_model_dir, tmp_path):
+    """A plateau is a flat slope of the served loss, or, once one was seen, a level no lower
+    than it was then: the served model reads worse while lent to a plateau trial's probes and
+    then recovers, a falling slope that is no progress. A level clearly below the plateau's,
+    still falling, ends it."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)  # confidence_z 1.64
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "q", False)
+
+    def served(*losses):
+        run.recorder.rows = [
+            {"sim_time_s": float(t), "val_loss": v, "served": True} for t, v in enumerate(losses)
+        ]
+
+    served(0.6, 0.5, 0.6, 0.5)  # flat within its noise
+    assert run.served_loss_level(4) == pytest.approx((0.55, math.sqrt(0.01 / 3 / 4)))
+    assert run._plateau(4) == "slope" and run._plateau_ref == pytest.approx((0.55, 0.0288675))
+    served(0.6, 0.5, 0.6, 0.5, 0.8, 0.7, 0.6, 0.55)  # recovering from a plateau trial
+    assert run.served_loss_trend(4)[0] > 1.64 * run.served_loss_trend(4)[1]  # the slope falls
+    assert run._plateau(4) == "level" and run._plateau_ref == pytest.approx((0.55, 0.0288675))
+    served(0.6, 0.5, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # below the plateau and falling: progress
+    assert run._plateau(4) is None and run._plateau_ref is None
+    served(0.8, 0.7, 0.6, 0.5)  # no plateau seen before, falling
+    assert run._plateau(4) is None
+
+
 @pytest.mark.parametrize("gain, probe_rounds", [(-1.0, 1), (-0.1, 2)])
 def test_a_background_trial_every_candidate_clearly_loses_ends_at_the_interim_look(
     tiny_model_dir, tmp_path, monkeypatch, gain, probe_rounds
@@ -582,13 +611,15 @@ def test_a_background_trial_every_candidate_clearly_loses_ends_at_the_interim_lo
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.5])
-def test_a_trial_at_a_plateau_lends_the_probes_more_clients_and_rounds(
+def test_a_trial_at_a_plateau_gives_the_candidates_every_client(
     tiny_model_dir, tmp_path, monkeypatch, rate
 ):
     """plateau_rounds: a background trial that starts while the served loss no longer falls
-    (rate 0) swaps the shares (4 probes of 6, the served model training with 2) and runs up
-    to plateau_rounds probe rounds; one that starts while it still falls is as any other
-    (2 probes, trial_rounds)."""
+    (rate 0) deals every client of a round out to the candidates (here deeper and wider, 3
+    each) for up to plateau_rounds rounds
+    and judges them against the served model as it stands, which trains meanwhile on
+    nothing (no served rows, unchanged weights); one that starts while it still falls is as
+    any other (2 probes beside 4 served clients, trial_rounds)."""
     from autofednlp.server.robust import RobustAutoFedRun
 
     trend = (rate, 0.1)  # rate 0.5 is 5 standard errors: still falling
@@ -599,9 +630,29 @@ def test_a_trial_at_a_plateau_lends_the_probes_more_clients_and_rounds(
     plateau = rate == 0.0
     trials = summary["trajectory"]
     assert trials and all(t["plateau"] == plateau for t in trials)
-    assert all(t["probes"] == (4 if plateau else 2) for t in trials)
+    assert all(t["probes"] == (6 if plateau else 2) for t in trials)
     assert max(t["probe_rounds"] for t in trials) == (3 if plateau else 2)
     served = [r for r in rows if r["served"] == "True" and r["trial"]]
-    assert served and all(len(r["clients"].split()) == (2 if plateau else 4) for r in served)
     probes = [r for r in rows if r["served"] != "True"]
-    assert probes and all(len(r["clients"].split()) == (4 if plateau else 2) for r in probes)
+    by_round: dict[str, list] = {}
+    for r in probes:
+        by_round.setdefault(r["round"], []).append(r["clients"].split())
+    for dealt in by_round.values():  # each candidate trains on its own share of the clients
+        if plateau:
+            assert len({c for share in dealt for c in share}) == sum(map(len, dealt)) == 6
+        else:
+            assert all(len(share) == 2 for share in dealt)
+    if plateau:
+        assert not served and not any(r["group"] == "keep_probe" for r in rows)
+        # between a trial's first and last rounds the clock moves by its rounds, each as
+        # long as its slowest candidate (they train side by side on different clients)
+        for t in (t for t in trials if t["probe_rounds"] > 1):
+            own: dict[int, list] = {}
+            for r in probes:
+                if int(r["trial"]) == t["trial"]:
+                    own.setdefault(int(r["round"]), []).append(r)
+            ends = [float(rs[0]["sim_time_s"]) for _, rs in sorted(own.items())]
+            took = [max(float(r["round_time_s"]) for r in rs) for _, rs in sorted(own.items())]
+            assert ends[-1] - ends[0] == pytest.approx(sum(took[1:]))
+    else:
+        assert served and all(len(r["clients"].split()) == 4 for r in served)

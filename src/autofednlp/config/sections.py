@@ -356,11 +356,12 @@ class StrategyConfig:
         0,
         "robust, trial_pace = background: a trial that starts while the served model's "
         "validation loss no longer falls (its least-squares slope over the last 2 x patience "
-        "readings within confidence_z standard errors of 0: lending clients costs it "
-        "nothing) swaps the shares: the probes get the round's clients but trial_probes' "
-        "share (default two thirds), and the trial runs up to this many probe rounds instead "
-        "of trial_rounds, so new capacity that starts at zero has the clients and the rounds "
-        "to show a gain; since it takes nothing from the served model, no wait in simulated "
+        "readings within confidence_z standard errors of 0, or, once such a plateau was seen, "
+        "the mean of those readings not below the plateau's by confidence_z standard errors) "
+        "deals every client of its rounds out to the candidates, for up to this many rounds, "
+        "and judges them against the served model as it stands: at a plateau the served "
+        "model gains nothing from its clients, and new capacity, which starts at zero, needs "
+        "the clients and the rounds a fixed run would to show a gain; no wait in simulated "
         "time follows it (trial_wait_time); 0 = off (every trial as any other)",
     )
     trial_judge: str = _f(

@@ -67,12 +67,15 @@ class RobustAutoFedRun(AutoFedRun):
         schedule = TrialSchedule(st.trial_every, st.trial_backoff, wait_time=st.trial_wait_time)
         saved = getattr(self, "_resumed_strategy", None)
         self._cached = {}
+        self._plateau_ref = None
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
             stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
             since_trial = saved["since_trial"]
             schedule.restore(saved.get("schedule", {"scale": saved.get("schedule_scale", 1.0)}))
             self._cached = {int(c): set(b) for c, b in saved.get("cached", {}).items()}
+            ref = saved.get("plateau_ref")
+            self._plateau_ref = None if ref is None else (float(ref[0]), float(ref[1]))
         else:
             start = self.evaluate("validation")[0]
             trajectory, trial, since_trial = [], 0, 0
@@ -88,6 +91,7 @@ class RobustAutoFedRun(AutoFedRun):
                 "since_trial": since_trial,
                 "schedule": schedule.state(),
                 "cached": {c: sorted(b) for c, b in self._cached.items()},
+                "plateau_ref": None if self._plateau_ref is None else list(self._plateau_ref),
             }
 
         while self.more_rounds(server_round):
@@ -130,6 +134,9 @@ class RobustAutoFedRun(AutoFedRun):
         return 1 + lost if self.cfg.strategy.escalate else 1
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
+    # (mean, standard error) of the served validation loss when the current plateau was first
+    # seen; None when the last trial was not at a plateau or grew the model
+    _plateau_ref: tuple[float, float] | None = None
 
     def receive_groups(self, server_round: int, groups: list, sent: Any, step: bool = True) -> list:
         """As the base class; also notes which boundaries each client's cache now holds."""
@@ -295,28 +302,81 @@ class RobustAutoFedRun(AutoFedRun):
         it to their labels under skew and flatter the candidate. A candidate that wins must
         also be no worse than the served model at that moment.
 
-        With `plateau_rounds`, a trial that starts while the served loss no longer falls
-        detectably (its slope within `confidence_z` standard errors of 0) swaps the shares:
-        the probes get all but `n_probe` of the round's clients and up to `plateau_rounds`
-        probe rounds. A two-layer step at a plateau showed nothing on 5 probes in 2 rounds
-        and a clear gain on 10 in 5 (the tweets, RESULTS.md), and the served model, gaining
-        nothing from its clients, loses nothing by lending them."""
+        With `plateau_rounds`, a trial that starts at a plateau of the served model
+        (`_plateau`) is a `_plateau_trial` instead."""
         fed, st = self.cfg.federation, self.cfg.strategy
-        n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # config: < per round
-        rate, rate_se = self.served_loss_trend(max(3, 2 * st.patience))
-        # a plateau: the served loss is not falling by more than its readings' noise shows
-        plateau = bool(st.plateau_rounds) and rate <= st.confidence_z * rate_se
-        max_rounds = st.trial_rounds
-        if plateau:
-            # the served model gains nothing from its clients: they are better spent on the
-            # probes, which need many clients and rounds to show new capacity's gain
-            n_probe = max(n_probe, fed.clients_per_round - n_probe)
-            max_rounds = max(max_rounds, st.plateau_rounds)
+        window = max(3, 2 * st.patience)
+        rate = self.served_loss_rate(window)
+        plateau_by = self._plateau(window) if st.plateau_rounds else None
+        if plateau_by:
+            rate = 0.0  # at a plateau the served model gains nothing per second
+            n_probe = fed.clients_per_round
+            server_round, rounds, early, pick, evidence, extra = self._plateau_trial(
+                trial, groups, server_round
+            )
+            probe_rounds = rounds
+        else:
+            n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # < per round
+            server_round, rounds, probe_rounds, early, pick, evidence, extra = self._lent_trial(
+                trial, groups, server_round, stall, n_probe, rate
+            )
+        served_acc, served_loss = self.evaluate("validation")
+        start, behind = "served", None
+        if pick is not None:
+            state, start, loss = self._continue_from(groups[1 + pick])
+            if loss <= served_loss:
+                self.spec, self.state = groups[1 + pick].spec, state
+            else:
+                # better than keep on the probes, but not than the served model now: switching
+                # would hand out a worse model
+                behind, pick, start = groups[1 + pick].name, None, "served"
+        winner = groups[0] if pick is None else groups[1 + pick]
+        if pick is not None:
+            self._plateau_ref = None  # a new configuration: its own plateau is still to come
+        entry = self._entry(trial, groups, winner, early, rounds, evidence)
+        entry.update(
+            probe_rounds=probe_rounds,
+            probes=n_probe,
+            plateau=plateau_by is not None,
+            plateau_by=plateau_by,
+            served_loss_rate=round(rate, 6),
+            extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
+            continued_from=start,
+        )
+        if behind:
+            entry["behind_served"] = behind
+        if pick is None:
+            entry["val_accuracy"] = served_acc
+        return server_round, entry
+
+    def _record_round(
+        self, server_round: int, spec: TuneSpec, res: Any, metrics: dict, **columns: Any
+    ) -> None:
+        """A group's row: its round, `columns` (trial, group, served), the clock and its
+        validation `metrics`."""
+        row = {**self.round_row(server_round, spec, res), **columns}
+        row.update(sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
+        self.record(row)
+
+    def _lent_trial(
+        self,
+        trial: int,
+        groups: list,
+        server_round: int,
+        stall: StallDetector,
+        n_probe: int,
+        rate: float,
+    ) -> tuple:
+        """A background trial's probe rounds on `n_probe` clients lent by the served model,
+        which trains with the rest meanwhile; `rate`: the served loss rate a candidate's
+        extra time is priced at. (server_round, rounds, probe_rounds, early, pick, evidence,
+        extra seconds per round by group)."""
+        fed, st = self.cfg.federation, self.cfg.strategy
         losses: dict[str, list] = {g.name: [] for g in groups}
         extra: dict[str, float] = {}
         rounds = probe_rounds = 0
         early, pick, evidence, cut = False, None, [], False
-        while probe_rounds < max_rounds and self.more_rounds(server_round):
+        while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
             server_round += 1
             rounds += 1
             probes = self.sample(n_probe)
@@ -361,54 +421,123 @@ class RobustAutoFedRun(AutoFedRun):
                     server_round, g.spec, res, metrics, trial=trial, group=name, served=False
                 )
             evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
-            if probe_rounds < max_rounds and st.early_decision:
+            if probe_rounds < st.trial_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
                 # ... and a trial every candidate already clearly loses ends too: the served
-                # model has lent its probe clients for nothing long enough. Not at a plateau,
-                # where lending cost it nothing and new capacity's first rounds read low (on
-                # the tweets a d=2 candidate read 0.49 after its first round there)
-                hopeless = not plateau and all(
-                    e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence
-                )
+                # model has lent its probe clients for nothing long enough
+                hopeless = all(e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence)
                 if pick is not None or hopeless:
                     early = True
                     break
         if probe_rounds and not early:
             pick = pick_paired(evidence, st.confidence_z)
-        served_acc, served_loss = self.evaluate("validation")
-        start, behind = "served", None
-        if pick is not None:
-            state, start, loss = self._continue_from(groups[1 + pick])
-            if loss <= served_loss:
-                self.spec, self.state = groups[1 + pick].spec, state
-            else:
-                # better than keep on the probes, but not than the served model now: switching
-                # would hand out a worse model
-                behind, pick, start = groups[1 + pick].name, None, "served"
-        winner = groups[0] if pick is None else groups[1 + pick]
-        entry = self._entry(trial, groups, winner, early, rounds, evidence)
-        entry.update(
-            probe_rounds=probe_rounds,
-            probes=n_probe,
-            plateau=plateau,
-            served_loss_rate=round(rate, 6),
-            extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
-            continued_from=start,
-        )
-        if behind:
-            entry["behind_served"] = behind
-        if pick is None:
-            entry["val_accuracy"] = served_acc
-        return server_round, entry
+        return server_round, rounds, probe_rounds, early, pick, evidence, extra
 
-    def _record_round(
-        self, server_round: int, spec: TuneSpec, res: Any, metrics: dict, **columns: Any
-    ) -> None:
-        """A group's row: its round, `columns` (trial, group, served), the clock and its
-        validation `metrics`."""
-        row = {**self.round_row(server_round, spec, res), **columns}
-        row.update(sim_time_s=self.clock.time_s, **self.metric_columns(metrics))
-        self.record(row)
+    def _plateau_trial(self, trial: int, groups: list, server_round: int) -> tuple:
+        """A trial at a plateau of the served model (`plateau_rounds`): every client of a
+        round trains a candidate (the round's clients dealt out among the candidates), for up
+        to `plateau_rounds` rounds, and each candidate is judged against the served model as
+        it stands, which trains on nothing meanwhile. At a plateau its clients gain it
+        nothing, and new capacity, which starts at zero, needs as many clients and rounds as
+        a fixed run of its configuration would to show a gain: a two-layer step on the
+        tweets' plateau showed nothing on 5 probes in 2 rounds and a clear gain on 10 in 5
+        (RESULTS.md, sixth measurement). A round lasts as long as its slowest client. The
+        served model's readings are not repeated meanwhile; a candidate's rows are not
+        served. (server_round, rounds, early, pick, evidence, extra seconds per round)."""
+        fed, st = self.cfg.federation, self.cfg.strategy
+        keep, candidates = groups[0], groups[1:]
+        reference = self.evaluate_result("validation", keep.spec, keep.state, per_sample=True)
+        losses: dict[str, list] = {g.name: [] for g in groups}
+        extra: dict[str, float] = {}
+        rounds = 0
+        early, pick, evidence = False, None, []
+        while rounds < st.plateau_rounds and self.more_rounds(server_round):
+            server_round += 1
+            rounds += 1
+            clients = self.sample(fed.clients_per_round)
+            if not extra:
+                keep_s = self.steady_round_s(clients, keep)
+                extra = {g.name: max(0.0, self.steady_round_s(clients, g) - keep_s) for g in groups}
+            # every candidate gets some of the round's clients, all of them if too few
+            chunks = [clients[i :: len(candidates)] or clients for i in range(len(candidates))]
+            sent = [
+                self.send_groups(server_round, [(g.spec, g.state, c)])
+                for g, c in zip(candidates, chunks)
+            ]
+            results = [
+                self.receive_groups(server_round, [(g.spec, g.state, c)], d, step=False)[0]
+                for g, c, d in zip(candidates, chunks, sent)
+            ]
+            disjoint = sum(len(c) for c in chunks) == len(set().union(*map(set, chunks)))
+            durations = [r.cost.duration_s for r in results]
+            self._advance([r.cost for r in results], max(durations) if disjoint else sum(durations))
+            for g, res in zip(candidates, results):
+                g.state = res.state
+                ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
+                g.accuracies.append(ev.metrics[self.metric])
+                losses[g.name].append(ev.sample_losses)
+                metrics = {**ev.metrics, "loss": ev.loss}
+                self._record_round(
+                    server_round, g.spec, res, metrics, trial=trial, group=g.name, served=False
+                )
+            keep.accuracies.append(reference.metrics[self.metric])
+            losses[keep.name].append(reference.sample_losses)
+            evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
+            if rounds < st.plateau_rounds and st.early_decision:
+                pick = pick_paired(evidence, 2 * st.confidence_z)
+                # new capacity's first round may read low: futility from the second look on
+                hopeless = rounds >= 2 and all(
+                    e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence
+                )
+                if pick is not None or hopeless:
+                    early = True
+                    break
+        if rounds and not early:
+            pick = pick_paired(evidence, st.confidence_z)
+        return server_round, rounds, early, pick, evidence, extra
+
+    def _plateau(self, window: int) -> str | None:
+        """Whether the served model is at a plateau, and by which test (None: it is not).
+
+        "slope": its validation loss over the last `window` readings falls by no more than
+        `confidence_z` standard errors of the least-squares slope. "level": the mean of
+        those readings is not lower, by `confidence_z` standard errors of the difference,
+        than it was when the plateau was first seen. The second remembers a plateau across
+        a plateau trial: the served model, lent out to the probes' many clients, reads worse
+        and then recovers once it has them back, which the slope alone takes for progress
+        (the tweets' escalated d=2 trial, sixth measurement). Sets or clears the reference."""
+        z = self.cfg.strategy.confidence_z
+        rate, rate_se = self.served_loss_trend(window)
+        level, level_se = self.served_loss_level(window)
+        ref = self._plateau_ref
+        if ref is not None and level >= ref[0] - z * math.hypot(ref[1], level_se):
+            return "level"
+        if rate <= z * rate_se:
+            self._plateau_ref = (level, level_se)
+            return "slope"
+        self._plateau_ref = None
+        return None
+
+    def served_loss_level(self, last: int) -> tuple[float, float]:
+        """Mean of the served model's last `last` validation losses and its standard error
+        (0 with fewer than 2 readings; (inf, 0) with none)."""
+        losses = [v for _, v in self._served_losses()[-last:]]
+        if not losses:
+            return math.inf, 0.0
+        mean = sum(losses) / len(losses)
+        if len(losses) < 2:
+            return mean, 0.0
+        var = sum((v - mean) ** 2 for v in losses) / (len(losses) - 1)
+        return mean, math.sqrt(var / len(losses))
+
+    def _served_losses(self) -> list[tuple[float, float]]:
+        """(simulated time, validation loss) of every served reading, from the recorded rows,
+        so a resumed run computes the same."""
+        return [
+            (float(r["sim_time_s"]), float(r["val_loss"]))
+            for r in self.recorder.rows
+            if is_served(r) and r.get("val_loss") is not None
+        ]
 
     def served_loss_rate(self, last: int) -> float:
         """How fast the served model's validation loss fell per simulated second over its
@@ -419,11 +548,7 @@ class RobustAutoFedRun(AutoFedRun):
     def served_loss_trend(self, last: int) -> tuple[float, float]:
         """(`served_loss_rate`, the standard error of that least-squares slope; 0 with fewer
         than 3 readings)."""
-        points = [
-            (float(r["sim_time_s"]), float(r["val_loss"]))
-            for r in self.recorder.rows
-            if is_served(r) and r.get("val_loss") is not None
-        ][-last:]
+        points = self._served_losses()[-last:]
         if len(points) < 2:
             return 0.0, 0.0
         mt = sum(t for t, _ in points) / len(points)
