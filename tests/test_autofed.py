@@ -51,7 +51,7 @@ def test_a_deeper_candidate_reaches_further_within_the_cap(depth, reach, expecte
     assert joint["deeper"].depth == joint["deeper+wider"].depth == 3
 
 
-def test_escalate_counts_the_trials_keep_won_in_a_row(tiny_model_dir, tmp_path):
+def test_escalate_counts_the_trials_keep_won_in_a_row_at_a_plateau_always(tiny_model_dir, tmp_path):
     from autofednlp.client.worker import client_data
     from autofednlp.server import make_run
     from autofednlp.server.inprocess import InProcessTransport
@@ -66,6 +66,10 @@ def test_escalate_counts_the_trials_keep_won_in_a_row(tiny_model_dir, tmp_path):
         )
         run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "x", False)
         assert run._reach(won) == reach and run._reach(won[:3]) == 1
+    # without escalate, only the trials keep won at a plateau count
+    at = [{"winner": "keep", "plateau": p} for p in (True, False, True, True)]
+    assert run._reach(at) == 3 and run._reach(at[:2]) == 1 and run._reach(at[:1]) == 2
+    assert run._reach([*at, {"winner": "deeper", "plateau": True}]) == 1
 
 
 def test_joint_policy_adds_deeper_and_wider():

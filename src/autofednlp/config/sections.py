@@ -362,7 +362,9 @@ class StrategyConfig:
         "and judges them against the served model as it stands: at a plateau the served "
         "model gains nothing from its clients, and new capacity, which starts at zero, needs "
         "the clients and the rounds a fixed run would to show a gain; no wait in simulated "
-        "time follows it (trial_wait_time); 0 = off (every trial as any other)",
+        "time follows it (trial_wait_time), and each plateau trial in a row that keep won "
+        "adds a depth_step to the next deeper candidate (as escalate does after any trial); "
+        "0 = off (every trial as any other)",
     )
     trial_judge: str = _f(
         "groups",

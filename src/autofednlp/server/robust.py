@@ -123,15 +123,17 @@ class RobustAutoFedRun(AutoFedRun):
         return self.finish({"trajectory": trajectory, "trials": trial})
 
     def _reach(self, trajectory: list[dict[str, Any]]) -> int:
-        """Depth steps of the next deeper candidate: with `strategy.escalate`, one more for
-        each trial in a row that keep won (a layer that shows nothing alone at a plateau may
-        show a gain with the one above it); else 1."""
+        """Depth steps of the next deeper candidate: one more for each trial in a row that
+        keep won, with `strategy.escalate`, or for each such trial at a plateau, with
+        `strategy.plateau_rounds` (a layer that shows nothing alone at a plateau may show a
+        gain with the one above it); else 1."""
+        st = self.cfg.strategy
         lost = 0
         for entry in reversed(trajectory):
-            if entry["winner"] != "keep":
+            if entry["winner"] != "keep" or not (st.escalate or entry.get("plateau")):
                 break
             lost += 1
-        return 1 + lost if self.cfg.strategy.escalate else 1
+        return 1 + lost
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
     # (mean, standard error) of the served validation loss when the current plateau was first
