@@ -358,11 +358,12 @@ class StrategyConfig:
         "validation loss no longer falls (its least-squares slope over the last 2 x patience "
         "readings within confidence_z standard errors of 0, or, once such a plateau was seen, "
         "the mean of those readings not below the plateau's by confidence_z standard errors) "
-        "deals every client of its rounds out to the candidates, for up to this many rounds, "
-        "and judges them against the served model as it stands: at a plateau the served "
-        "model gains nothing from its clients, and new capacity, which starts at zero, needs "
-        "the clients and the rounds a fixed run would to show a gain; no wait in simulated "
-        "time follows it (trial_wait_time), and each plateau trial in a row that keep won "
+        "has every client of its rounds train the served model's round and every candidate, "
+        "paired, for up to this many rounds, each round as long as its tasks together: at a "
+        "plateau the served model gains nothing from a round's pace, and new capacity, which "
+        "starts at zero, needs the clients and the rounds a fixed run would to show a gain; "
+        "no per-second price, no futility stop before its second look and no wait in "
+        "simulated time after it (trial_wait_time); each plateau trial in a row that keep won "
         "adds a depth_step to the next deeper candidate (as escalate does after any trial); "
         "0 = off (every trial as any other)",
     )

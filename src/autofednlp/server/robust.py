@@ -314,7 +314,7 @@ class RobustAutoFedRun(AutoFedRun):
             rate = 0.0  # at a plateau the served model gains nothing per second
             n_probe = fed.clients_per_round
             server_round, rounds, early, pick, evidence, extra = self._plateau_trial(
-                trial, groups, server_round
+                trial, groups, server_round, stall
             )
             probe_rounds = rounds
         else:
@@ -435,20 +435,25 @@ class RobustAutoFedRun(AutoFedRun):
             pick = pick_paired(evidence, st.confidence_z)
         return server_round, rounds, probe_rounds, early, pick, evidence, extra
 
-    def _plateau_trial(self, trial: int, groups: list, server_round: int) -> tuple:
-        """A trial at a plateau of the served model (`plateau_rounds`): every client of a
-        round trains a candidate (the round's clients dealt out among the candidates), for up
-        to `plateau_rounds` rounds, and each candidate is judged against the served model as
-        it stands, which trains on nothing meanwhile. At a plateau its clients gain it
-        nothing, and new capacity, which starts at zero, needs as many clients and rounds as
-        a fixed run of its configuration would to show a gain: a two-layer step on the
-        tweets' plateau showed nothing on 5 probes in 2 rounds and a clear gain on 10 in 5
-        (RESULTS.md, sixth measurement). A round lasts as long as its slowest client. The
-        served model's readings are not repeated meanwhile; a candidate's rows are not
-        served. (server_round, rounds, early, pick, evidence, extra seconds per round)."""
+    def _plateau_trial(
+        self, trial: int, groups: list, server_round: int, stall: StallDetector
+    ) -> tuple:
+        """A trial at a plateau of the served model (`plateau_rounds`): for up to
+        `plateau_rounds` rounds, every client of a round trains keep (the served model's
+        round, with its server optimizer) and every candidate, each from its own weights, and
+        the round lasts until the slowest client could have trained them all (the sum of the
+        tasks' round times, an upper bound). At a plateau the served model gains nothing per
+        round, so slowing its rounds to the candidates' pace costs it nothing, while new
+        capacity, which starts at zero, gets as many clients and rounds as a fixed run of its
+        configuration would to show a gain: a two-layer step on the tweets' plateau showed
+        nothing on 5 probes in 2 rounds and a clear gain on 10 in 5 (RESULTS.md, sixth
+        measurement). Keep and the candidates are paired on the same clients and the same
+        round; judging a candidate against the served model as it stood instead let a
+        candidate's first round beat the served model's last, noisy one (d=1 won at once on
+        the tweets, against a served round that read 0.69 between 0.75s).
+        (server_round, rounds, early, pick, evidence, extra seconds per round)."""
         fed, st = self.cfg.federation, self.cfg.strategy
-        keep, candidates = groups[0], groups[1:]
-        reference = self.evaluate_result("validation", keep.spec, keep.state, per_sample=True)
+        keep = groups[0]
         losses: dict[str, list] = {g.name: [] for g in groups}
         extra: dict[str, float] = {}
         rounds = 0
@@ -460,30 +465,25 @@ class RobustAutoFedRun(AutoFedRun):
             if not extra:
                 keep_s = self.steady_round_s(clients, keep)
                 extra = {g.name: max(0.0, self.steady_round_s(clients, g) - keep_s) for g in groups}
-            # every candidate gets some of the round's clients, all of them if too few
-            chunks = [clients[i :: len(candidates)] or clients for i in range(len(candidates))]
-            sent = [
-                self.send_groups(server_round, [(g.spec, g.state, c)])
-                for g, c in zip(candidates, chunks)
-            ]
+            # one call per group: a client is in one group of a call
+            tasks = [[(g.spec, g.state, clients)] for g in groups]
+            sent = [self.send_groups(server_round, t) for t in tasks]
             results = [
-                self.receive_groups(server_round, [(g.spec, g.state, c)], d, step=False)[0]
-                for g, c, d in zip(candidates, chunks, sent)
+                self.receive_groups(server_round, t, d, step=g is keep)[0]
+                for g, t, d in zip(groups, tasks, sent)
             ]
-            disjoint = sum(len(c) for c in chunks) == len(set().union(*map(set, chunks)))
-            durations = [r.cost.duration_s for r in results]
-            self._advance([r.cost for r in results], max(durations) if disjoint else sum(durations))
-            for g, res in zip(candidates, results):
+            self._advance([r.cost for r in results], sum(r.cost.duration_s for r in results))
+            for g, res in zip(groups, results):
                 g.state = res.state
                 ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
                 g.accuracies.append(ev.metrics[self.metric])
                 losses[g.name].append(ev.sample_losses)
                 metrics = {**ev.metrics, "loss": ev.loss}
                 self._record_round(
-                    server_round, g.spec, res, metrics, trial=trial, group=g.name, served=False
+                    server_round, g.spec, res, metrics, trial=trial, group=g.name, served=g is keep
                 )
-            keep.accuracies.append(reference.metrics[self.metric])
-            losses[keep.name].append(reference.sample_losses)
+            self.state = keep.state  # keep's round is the served model's
+            stall.observe(keep.accuracies[-1])
             evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
             if rounds < st.plateau_rounds and st.early_decision:
                 pick = pick_paired(evidence, 2 * st.confidence_z)
