@@ -378,8 +378,9 @@ class StrategyConfig:
     early_decision: bool = _f(
         True,
         "robust: after each of a trial's rounds but the last, end it at once if a candidate is "
-        "already better than keep by twice confidence_z standard errors (new capacity starts "
-        "at zero, so an early reading is biased against the candidate, not for it); with "
+        "already better than keep by twice confidence_z standard errors, from its second "
+        "round on (one round's reading can clear the bar by chance; new capacity starts at "
+        "zero, so an early reading is otherwise biased against the candidate); with "
         "trial_pace background also when every candidate is already worse by that bar",
     )
     candidates: str = _f(
