@@ -425,27 +425,26 @@ class RobustAutoFedRun(AutoFedRun):
                 break
             probe_rounds += 1
             for g, res in zip(groups, results):
-                g.state = res.state
-                ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
-                g.accuracies.append(ev.metrics[self.metric])
                 # the time the candidate's rounds cost beyond keep's, as served loss forgone
-                losses[g.name].append(ev.sample_losses + probe_rounds * extra[g.name] * rate)
                 name = f"{g.name}_probe" if g is groups[0] else g.name
-                metrics = {**ev.metrics, "loss": ev.loss}
-                self._record_round(
-                    server_round, g.spec, res, metrics, trial=trial, group=name, served=False
+                self._score(
+                    trial,
+                    server_round,
+                    g,
+                    res,
+                    losses,
+                    probe_rounds * extra[g.name] * rate,
+                    name,
+                    False,
                 )
             evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
-            if probe_rounds < st.trial_rounds and st.early_decision:
-                pick = early_win(evidence, probe_rounds, st.confidence_z)
-                # ... and a trial every candidate already clearly loses ends too: the served
-                # model has lent its probe clients for nothing long enough
-                hopeless = all(e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence)
-                if pick is not None or hopeless:
-                    early = True
-                    break
-        if probe_rounds and not early:
-            pick = pick_paired(evidence, st.confidence_z)
+            # a trial every candidate already clearly loses ends too: the served model has
+            # lent its probe clients for nothing long enough
+            pick = self._interim(evidence, probe_rounds, st.trial_rounds, futility_from=1)
+            if pick != "go on":
+                early = True
+                break
+        pick = self._final(evidence, probe_rounds, early, pick)
         return server_round, rounds, probe_rounds, early, pick, evidence, extra
 
     def _plateau_trial(
@@ -487,29 +486,63 @@ class RobustAutoFedRun(AutoFedRun):
             ]
             self._advance([r.cost for r in results], sum(r.cost.duration_s for r in results))
             for g, res in zip(groups, results):
-                g.state = res.state
-                ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
-                g.accuracies.append(ev.metrics[self.metric])
-                losses[g.name].append(ev.sample_losses)
-                metrics = {**ev.metrics, "loss": ev.loss}
-                self._record_round(
-                    server_round, g.spec, res, metrics, trial=trial, group=g.name, served=g is keep
-                )
+                self._score(trial, server_round, g, res, losses, 0.0, g.name, g is keep)
             self.state = keep.state  # keep's round is the served model's
             stall.observe(keep.accuracies[-1])
             evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
-            if rounds < st.plateau_rounds and st.early_decision:
-                pick = early_win(evidence, rounds, st.confidence_z)
-                # new capacity's first round may read low: futility from the second look on
-                hopeless = rounds >= 2 and all(
-                    e.gain + 2 * st.confidence_z * e.stderr < 0 for e in evidence
-                )
-                if pick is not None or hopeless:
-                    early = True
-                    break
-        if rounds and not early:
-            pick = pick_paired(evidence, st.confidence_z)
+            # new capacity's first round may read low: futility from the second look on
+            pick = self._interim(evidence, rounds, st.plateau_rounds, futility_from=2)
+            if pick != "go on":
+                early = True
+                break
+        pick = self._final(evidence, rounds, early, pick)
         return server_round, rounds, early, pick, evidence, extra
+
+    def _score(
+        self,
+        trial: int,
+        server_round: int,
+        g: Group,
+        res: Any,
+        losses: dict[str, list],
+        penalty: float,
+        name: str,
+        served: bool,
+    ) -> None:
+        """A trial group's round: its new weights, its validation reading and per-sample
+        losses (plus `penalty`, served loss forgone), and its row (`name`, `served`)."""
+        g.state = res.state
+        ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
+        g.accuracies.append(ev.metrics[self.metric])
+        losses[g.name].append(ev.sample_losses + penalty)
+        metrics = {**ev.metrics, "loss": ev.loss}
+        self._record_round(
+            server_round, g.spec, res, metrics, trial=trial, group=name, served=served
+        )
+
+    def _interim(
+        self, evidence: list, rounds: int, max_rounds: int, futility_from: int
+    ) -> int | None | str:
+        """The look after a trial's `rounds`-th of `max_rounds` rounds (`early_decision`):
+        the candidate adopted at once (`early_win`), None when keep has won already (every
+        candidate worse by twice the bar, from round `futility_from` on), or "go on"."""
+        st = self.cfg.strategy
+        if not st.early_decision or rounds >= max_rounds:
+            return "go on"
+        pick = early_win(evidence, rounds, st.confidence_z)
+        if pick is not None:
+            return pick
+        bar = 2 * st.confidence_z
+        if rounds >= futility_from and all(e.gain + bar * e.stderr < 0 for e in evidence):
+            return None
+        return "go on"
+
+    def _final(self, evidence: list, rounds: int, early: bool, pick: Any) -> int | None:
+        """The trial's decision: the interim look's if it ended the trial, else the paired
+        test at the bar over its later rounds (None: keep; also when it had no round)."""
+        if early:
+            return pick
+        return pick_paired(evidence, self.cfg.strategy.confidence_z) if rounds else None
 
     def _plateau(self, window: int) -> str | None:
         """Whether the served model is at a plateau, and by which test (None: it is not).
@@ -518,9 +551,9 @@ class RobustAutoFedRun(AutoFedRun):
         `confidence_z` standard errors of the least-squares slope. "level": the mean of
         those readings is not lower, by `confidence_z` standard errors of the difference,
         than it was when the plateau was first seen. The second remembers a plateau across
-        a plateau trial: the served model, lent out to the probes' many clients, reads worse
-        and then recovers once it has them back, which the slope alone takes for progress
-        (the tweets' escalated d=2 trial, sixth measurement). Sets or clears the reference."""
+        a plateau trial: readings that dip and recover around a flat level make a falling
+        slope over a few of them, which the slope alone takes for progress (the tweets'
+        escalated d=2 trial, sixth measurement). Sets or clears the reference."""
         z = self.cfg.strategy.confidence_z
         rate, rate_se = self.served_loss_trend(window)
         level, level_se = self.served_loss_level(window)
