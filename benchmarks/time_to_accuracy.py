@@ -19,6 +19,7 @@ Simulated time comes from the cost model, so the figures do not depend on this m
     .venv/bin/python benchmarks/time_to_accuracy.py                    # the default comparison
     .venv/bin/python benchmarks/time_to_accuracy.py --methods fixed    # the fixed grid alone
     .venv/bin/python benchmarks/time_to_accuracy.py --settings a1-100 --seeds 0 --quick
+    .venv/bin/python benchmarks/time_to_accuracy.py --data my_reviews.csv --settings a1-100
 
 Finished runs are reused when their configuration is identical (`--fresh` to rerun), so an
 interrupted benchmark continues where it stopped; a run stopped half-way is reported from the
@@ -39,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,7 +114,7 @@ def methods(which: list[str], grid: list[tuple[int, int]]) -> list[Method]:
     out = []
     for w in which:
         if w not in table:
-            raise SystemExit(f"--methods: unknown {w!r} (known: {', '.join(table)})")
+            usage_error(f"--methods: unknown {w!r} (known: {', '.join(table)})")
         out += table[w]
     return out
 
@@ -151,6 +153,45 @@ def tweets_entity_csv(out: Path) -> Path:
     return path.resolve()
 
 
+def usage_error(message: str) -> NoReturn:
+    """A user's mistake: one line naming the option, exit 2."""
+    print(f"time_to_accuracy: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def own_data(setting: str) -> bool:
+    """Whether the setting names its data (the others run on the config's, BBC News)."""
+    return any(v.startswith("data.dataset=") for v in SETTINGS[setting])
+
+
+def on_user_data(settings: list[str], data: str | None, extra: list[str]) -> list[str]:
+    """With `--data PATH`: each setting's partition (alpha, clients) on the user's file
+    instead of the bundled data, as a setting named `<setting>@<file stem>` with its own run
+    directories. The file is loaded once first (with the `--set` overrides, e.g. its column
+    names), so a bad file stops the benchmark in one line before any run."""
+    if not data:
+        return settings
+    from autofednlp.data.sources import load_splits
+
+    path = Path(data).expanduser().resolve()
+    if not path.is_file():
+        usage_error(f"--data: {data}: no such file")
+    if clash := [s for s in settings if own_data(s)]:
+        rest = ", ".join(s for s in SETTINGS if not own_data(s))
+        usage_error(f"--data: {', '.join(clash)} has its own data; pick from {rest}")
+    source = f"data.dataset={json.dumps(str(path))}"
+    try:
+        load_splits(load_config(None, [source, *extra]).data, seed=0)
+    except ConfigError as e:
+        usage_error(f"--data: {e}")
+    out = []
+    for s in settings:
+        name = f"{s}@{slug(path.stem)}"
+        SETTINGS[name] = (*SETTINGS[s], source)
+        out.append(name)
+    return out
+
+
 def setting_overrides(setting: str, out: Path) -> list[str]:
     """The setting's config overrides, with any derived data file written first."""
     values = SETTINGS[setting]
@@ -175,6 +216,10 @@ def what_runs(cfg):
     return cfg
 
 
+class RunDirBusy(Exception):
+    """Another process holds the run's directory: that run is skipped, the others go on."""
+
+
 def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
     """Run `m` (or reuse its identical finished run); return its rounds and summary."""
     from autofednlp.run import run_experiment
@@ -195,7 +240,10 @@ def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
         # Take the run's lock before clearing its directory: another benchmark process that is
         # writing there (or extending it with --resume) is refused in one line, never deleted
         # under it.
-        lock_run_dir(done)
+        try:
+            lock_run_dir(done)
+        except ConfigError as e:
+            raise RunDirBusy(str(e)) from None
         try:
             for p in done.iterdir():
                 if p.name != LOCK:
@@ -380,7 +428,7 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                         )
                 per = "; ".join(
                     f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', _missed(a))} / "
-                    f"{_fmt(a['best_fixed_s'], '.2f')} ({a['best_fixed']})"
+                    + (f"{a['best_fixed_s']:.2f} ({a['best_fixed']})" if a["best_fixed"] else "-")
                     for a in cells
                 )
                 label = setting if len(autofed_methods) == 1 else f"{setting}, {name}"
@@ -594,7 +642,10 @@ def write_outputs(results: list[dict], args: argparse.Namespace, out: Path) -> s
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--settings", default=",".join(SETTINGS), help="comma list of " + ", ".join(SETTINGS)
+        "--settings",
+        default=None,
+        help="comma list of " + ", ".join(SETTINGS) + " (default: all; with --data, those "
+        "without data of their own)",
     )
     p.add_argument("--seeds", default="0,1", help="comma list of seeds")
     p.add_argument(
@@ -641,6 +692,13 @@ def main() -> int:
         default="any",
         help="targets are 90/95/98%% of the best reading of any method, or of full fine-tuning",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a labelled .csv / .json / .jsonl / .parquet file to run the chosen settings' "
+        "partitions on instead of BBC News (settings named <setting>@<file stem>; column "
+        "names and the like with --set data.<field>=...)",
+    )
     p.add_argument("--max-length", type=int, default=64, help="tokens per sample")
     p.add_argument("--device", default="jetson-tx2", help="device profile of every client")
     p.add_argument("--mb-per-s", type=float, default=1.0, help="link bandwidth, both ways")
@@ -670,14 +728,17 @@ def main() -> int:
     todo = with_autofed_overrides(methods(args.methods.split(","), grid), args.autofed_set)
     timed = args.budget == "time" and any(m.family == "fixed" for m in todo)
     if args.budget == "time" and not timed:
-        raise SystemExit("--budget time: the fixed grid sets the budget; add fixed to --methods")
+        usage_error("--budget time: the fixed grid sets the budget; add fixed to --methods")
     if timed:
         todo = reference_first(todo)
     budgets: dict[tuple[str, int], float] = {}
+    if args.settings is None:
+        args.settings = ",".join(s for s in SETTINGS if not (args.data and own_data(s)))
     settings = args.settings.split(",")
     for s in settings:
         if s not in SETTINGS:
-            raise SystemExit(f"--settings: unknown {s!r} (known: {', '.join(SETTINGS)})")
+            usage_error(f"--settings: unknown {s!r} (known: {', '.join(SETTINGS)})")
+    settings = on_user_data(settings, args.data, args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     # Seed-major: the first seed of every setting is complete before the second starts.
@@ -716,9 +777,12 @@ def main() -> int:
         print(f"[{i}/{len(plan)}] {setting} seed {seed}: {m.name}", file=sys.stderr, flush=True)
         try:
             r = run_method(m, common, run_out, args.fresh)
-        except ConfigError as e:  # e.g. its run directory is in use by another process
+        except RunDirBusy as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
+        except ConfigError as e:  # the settings or the data: a user's to fix, not to skip past
+            write_outputs(results, args, out)
+            usage_error(f"{setting} seed {seed}, {m.name}: {e}")
         except KeyboardInterrupt:
             print("interrupted: reporting what ran so far", file=sys.stderr)
             r = {**load_run(run_out / slug(m.name)), "wall_s": math.nan, "reused": False}

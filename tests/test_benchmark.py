@@ -168,3 +168,51 @@ def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
     assert tta.what_runs(load_config(None, [*auto, "strategy.trial_every=4"])) != tta.what_runs(
         load_config(None, [*auto, "strategy.trial_every=0"])
     )
+
+
+def _user_csv(path, rows=40):
+    lines = ["body,y"] + [
+        f"review {i} was {'good' if i % 2 else 'bad'},{i % 2}" for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_user_data_runs_the_chosen_partitions_on_the_file_under_its_own_names(tmp_path):
+    """--data: the same alpha and clients on a user's file, in settings of their own (so their
+    runs never overwrite the bundled data's), loaded with the user's column overrides."""
+    from autofednlp.config import load_config
+
+    data = _user_csv(tmp_path / "my reviews.csv")
+    extra = ['data.text_column="body"', 'data.label_column="y"']
+    names = tta.on_user_data(["a1-100", "a0.1-30"], str(data), extra)
+    assert names == ["a1-100@my_reviews", "a0.1-30@my_reviews"]
+    cfg = load_config(None, [*tta.setting_overrides(names[1], tmp_path), *extra])
+    assert cfg.data.dataset == str(data.resolve())
+    assert (cfg.data.alpha, cfg.data.num_clients) == (0.1, 30)
+    assert "a1-100" in tta.SETTINGS and not tta.own_data("a1-100")  # the bundled one stays
+    assert tta.on_user_data(["a1-100"], None, []) == ["a1-100"]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--data", "{dir}/missing.csv"], "--data: {dir}/missing.csv: no such file"),
+        (["--data", "{dir}/reviews.csv"], "--data: data.text_column"),  # columns body, y
+        (["--data", "{dir}/reviews.csv", "--settings", "tweets-a1-30"], "has its own data"),
+        (["--settings", "a2-100"], "--settings: unknown 'a2-100'"),
+        (["--methods", "fixd"], "--methods: unknown 'fixd'"),
+    ],
+)
+def test_a_bad_option_or_data_file_is_one_line_and_exit_2(
+    tmp_path, monkeypatch, capsys, args, says
+):
+    _user_csv(tmp_path / "reviews.csv")
+    argv = [a.format(dir=tmp_path) for a in args]
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy.py", *argv, "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        tta.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and says.format(dir=tmp_path) in err, err
+    assert not (tmp_path / "o" / "runs").exists()  # nothing ran
