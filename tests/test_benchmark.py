@@ -216,3 +216,21 @@ def test_a_bad_option_or_data_file_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and says.format(dir=tmp_path) in err, err
     assert not (tmp_path / "o" / "runs").exists()  # nothing ran
+
+
+def test_a_partition_the_data_cannot_make_stops_the_benchmark_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """40 rows (32 to train on) cannot make 100 clients: the first run says so, naming the setting,
+    seed and method, and the benchmark stops with exit 2 instead of skipping every run."""
+    data = _user_csv(tmp_path / "reviews.csv")
+    argv = ["--data", str(data), "--settings", "a1-100", "--seeds", "0", "--methods", "fixed"]
+    argv += ["--grid", "0x8", "--set", 'data.text_column="body"', "--set", 'data.label_column="y"']
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy.py", *argv, "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        tta.main()
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(
+        "time_to_accuracy: a1-100@reviews seed 0, adapters d=0 w=8: data.num_clients"
+    )
