@@ -264,7 +264,7 @@ def test_a_candidate_far_ahead_at_an_interim_look_ends_the_trial(
     round (one round's reading can clear any bar by chance); when a candidate clears it there,
     the trial ends and the candidate is adopted. Without early decisions every trial runs its
     rounds and is judged at the bar."""
-    import autofednlp.server.robust as robust
+    import autofednlp.server.group_trials as group_trials
     from autofednlp.client.worker import client_data
     from autofednlp.server import make_run
     from autofednlp.server.inprocess import InProcessTransport
@@ -275,7 +275,7 @@ def test_a_candidate_far_ahead_at_an_interim_look_ends_the_trial(
         asked.append(z)
         return 0 if z == pytest.approx(2 * 1.5) else None
 
-    monkeypatch.setattr(robust, "pick_paired", far_ahead)
+    monkeypatch.setattr(group_trials, "pick_paired", far_ahead)
     cfg = _cfg(
         tiny_model_dir,
         tmp_path,

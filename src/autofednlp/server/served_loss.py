@@ -1,0 +1,60 @@
+"""The served model's validation loss over simulated time (`ServedLoss`): its recent level,
+its rate of fall and that rate's standard error, from the recorded rows, so a resumed run
+computes the same. A background trial prices a candidate's extra round time at the rate; a
+plateau (`server/plateau.py`) is a rate within the noise or a level no lower than before.
+"""
+
+from __future__ import annotations
+
+import math
+
+from autofednlp.report.results import is_served
+
+
+class ServedLoss:
+    """Statistics of the served readings; a mixin for a run with a `recorder`."""
+
+    def served_loss_level(self, last: int) -> tuple[float, float]:
+        """Mean of the served model's last `last` validation losses and its standard error
+        (0 with fewer than 2 readings; (inf, 0) with none)."""
+        losses = [v for _, v in self._served_losses()[-last:]]
+        if not losses:
+            return math.inf, 0.0
+        mean = sum(losses) / len(losses)
+        if len(losses) < 2:
+            return mean, 0.0
+        var = sum((v - mean) ** 2 for v in losses) / (len(losses) - 1)
+        return mean, math.sqrt(var / len(losses))
+
+    def _served_losses(self) -> list[tuple[float, float]]:
+        """(simulated time, validation loss) of every served reading, from the recorded rows,
+        so a resumed run computes the same."""
+        return [
+            (float(r["sim_time_s"]), float(r["val_loss"]))
+            for r in self.recorder.rows
+            if is_served(r) and r.get("val_loss") is not None
+        ]
+
+    def served_loss_rate(self, last: int) -> float:
+        """How fast the served model's validation loss fell per simulated second over its
+        `last` readings (least-squares slope; 0 when it did not fall). From the recorded rows,
+        so a resumed run computes the same."""
+        return self.served_loss_trend(last)[0]
+
+    def served_loss_trend(self, last: int) -> tuple[float, float]:
+        """(`served_loss_rate`, the standard error of that least-squares slope; 0 with fewer
+        than 3 readings)."""
+        points = self._served_losses()[-last:]
+        if len(points) < 2:
+            return 0.0, 0.0
+        mt = sum(t for t, _ in points) / len(points)
+        ml = sum(v for _, v in points) / len(points)
+        var = sum((t - mt) ** 2 for t, _ in points)
+        if var <= 0:
+            return 0.0, 0.0
+        slope = sum((t - mt) * (v - ml) for t, v in points) / var
+        stderr = 0.0
+        if len(points) > 2:
+            residual = sum((v - ml - slope * (t - mt)) ** 2 for t, v in points)
+            stderr = math.sqrt(residual / (len(points) - 2) / var)
+        return max(0.0, -slope), stderr
