@@ -325,7 +325,8 @@ def analyse(
 ) -> list[dict]:
     """Per setting and seed: targets from the best reading of any method (or of full
     fine-tuning, `targets_from="full"`), each method's time to each target, and the ratio to
-    the best fixed configuration (with the cache)."""
+    the best fixed configuration with the cache (and without it, when the grid ran without
+    it too: `fixed-nocache`)."""
     rows_out = []
     keys = sorted({(r["setting"], r["seed"]) for r in results})
     for setting, seed in keys:
@@ -341,12 +342,8 @@ def analyse(
                 r["method"]: (time_to_target(r["rows"], target, col, hold) or {}).get("sim_time_s")
                 for r in group
             }
-            fixed = {
-                r["method"]: ttas[r["method"]]
-                for r in group
-                if r["family"] == "fixed" and ttas[r["method"]] is not None
-            }
-            best_fixed = min(fixed.items(), key=lambda kv: kv[1]) if fixed else None
+            best_fixed = _best_of(group, ttas, "fixed")
+            best_nocache = _best_of(group, ttas, "fixed-nocache")
             full = next((ttas[r["method"]] for r in group if r["family"] == "full"), None)
             first = min((t for t in ttas.values() if t is not None), default=None)
             for r in group:
@@ -370,12 +367,27 @@ def analyse(
                         "best_fixed": best_fixed[0] if best_fixed else None,
                         "best_fixed_s": best_fixed[1] if best_fixed else None,
                         "vs_best_fixed": t / best_fixed[1] if (t and best_fixed) else None,
+                        "best_fixed_nocache": best_nocache[0] if best_nocache else None,
+                        "best_fixed_nocache_s": best_nocache[1] if best_nocache else None,
+                        "vs_best_fixed_nocache": (
+                            t / best_nocache[1] if (t and best_nocache) else None
+                        ),
                         "speedup_vs_full": full / t if (full and t) else None,
                         "end_s": end,
                         "censored": t is None and first is not None and end < first,
                     }
                 )
     return rows_out
+
+
+def _best_of(group: list[dict], ttas: dict, family: str) -> tuple[str, float] | None:
+    """(method, seconds) of the family's fastest run to the target; None when none reached it."""
+    reached = {
+        r["method"]: ttas[r["method"]]
+        for r in group
+        if r["family"] == family and ttas[r["method"]] is not None
+    }
+    return min(reached.items(), key=lambda kv: kv[1]) if reached else None
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -388,18 +400,17 @@ def _missed(a: dict) -> str:
     return "not reached"
 
 
-def markdown(analysis: list[dict], results: list[dict]) -> str:
-    """The summary tables: AutoFedNLP against the best fixed configuration per target (mean
-    and spread over seeds), then every method's time to each target per seed."""
+def summary(analysis: list[dict], settings: list[str], grid: str) -> list[str]:
+    """AutoFedNLP + cache against the best fixed configuration with the cache (`grid` "") or
+    without it ("_nocache"): mean ratio over seeds per setting and target, and each seed's."""
+    against = "best fixed" if not grid else "best fixed without the cache"
     lines = [
-        "| setting | target (of best) | AutoFedNLP + cache / best fixed, mean over seeds "
-        "| per seed (AutoFedNLP s / best fixed s, which) |",
+        f"| setting | target (of best) | AutoFedNLP / {against}, mean over seeds "
+        f"| per seed (AutoFedNLP s / {against} s, which) |",
         "|---|---|---|---|",
     ]
-    settings = sorted({a["setting"] for a in analysis}, key=list(SETTINGS).index)
     autofed_methods = sorted({a["method"] for a in analysis if a["family"] == "autofed"})
     for name in autofed_methods:
-        lines[0] = lines[0] if len(autofed_methods) == 1 else lines[0]
         for setting in settings:
             for frac in sorted({a["fraction"] for a in analysis}):
                 cells = [
@@ -407,10 +418,10 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                     for a in analysis
                     if a["setting"] == setting and a["fraction"] == frac and a["method"] == name
                 ]
-                ratios = [a["vs_best_fixed"] for a in cells]
+                ratios = [a["vs_best_fixed" + grid] for a in cells]
                 if not cells:
                     continue
-                if all(a["tta_s"] is not None and a["best_fixed_s"] is None for a in cells):
+                if all(a["tta_s"] is not None and a[f"best_fixed{grid}_s"] is None for a in cells):
                     agg = "reached; no fixed configuration did"
                 elif all(r is not None for r in ratios):
                     mean = statistics.mean(ratios)
@@ -424,15 +435,30 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                     )
                     if all(a["tta_s"] is not None for a in cells):
                         agg = "mixed: no fixed configuration reached it in " + ", ".join(
-                            f"seed {a['seed']}" for a in cells if a["best_fixed_s"] is None
+                            f"seed {a['seed']}" for a in cells if a[f"best_fixed{grid}_s"] is None
                         )
                 per = "; ".join(
                     f"s{a['seed']}: {_fmt(a['tta_s'], '.2f', _missed(a))} / "
-                    + (f"{a['best_fixed_s']:.2f} ({a['best_fixed']})" if a["best_fixed"] else "-")
+                    + (
+                        f"{a[f'best_fixed{grid}_s']:.2f} ({a[f'best_fixed{grid}']})"
+                        if a[f"best_fixed{grid}"]
+                        else "-"
+                    )
                     for a in cells
                 )
                 label = setting if len(autofed_methods) == 1 else f"{setting}, {name}"
                 lines.append(f"| {label} | {frac:.0%} | {agg} | {per} |")
+    return lines
+
+
+def markdown(analysis: list[dict], results: list[dict]) -> str:
+    """The summary tables: AutoFedNLP against the best fixed configuration per target (mean
+    and spread over seeds), with the cache and, when the grid also ran without it, without;
+    then every method's time to each target per seed."""
+    settings = sorted({a["setting"] for a in analysis}, key=list(SETTINGS).index)
+    lines = summary(analysis, settings, "")
+    if any(a["family"] == "fixed-nocache" for a in analysis):
+        lines += ["", *summary(analysis, settings, "_nocache")]
     lines += [
         "",
         'Every method, simulated seconds to each target (s = seed; "ended": the run\'s round '

@@ -53,6 +53,27 @@ def test_targets_times_and_ratios():
     assert _cell(analysis, "full", 0.9)["tta_s"] is None
 
 
+def test_the_grid_without_the_cache_gets_its_own_ratio():
+    """With the cache the strict comparison (each family's fastest run is its own reference);
+    a run without the cache never becomes the cache grid's best, and the second summary table
+    says where no configuration without the cache reached a target."""
+    results = [
+        _run("d1", "fixed", [0.5, 0.9, 0.9, 1.0, 1.0]),
+        _run("d1 nc", "fixed-nocache", [0.9, 0.9, 0.5, 0.5, 0.5]),  # fastest of all, no cache
+        _run("auto", "autofed", [0.5, 0.5, 0.9, 0.9, 0.9]),
+    ]
+    analysis = tta.analyse(results, hold=2, column=None, fractions=(0.9, 0.98))
+    auto = _cell(analysis, "auto", 0.9)
+    assert (auto["best_fixed"], auto["vs_best_fixed"]) == ("d1", pytest.approx(1.5))
+    assert auto["best_fixed_nocache"] == "d1 nc"
+    assert auto["vs_best_fixed_nocache"] == pytest.approx(3.0)
+    assert _cell(analysis, "auto", 0.98)["vs_best_fixed_nocache"] is None
+    table = tta.markdown(analysis, results)
+    assert "| a1-100 | 90% | **3.00** | s0: 3.00 / 1.00 (d1 nc) |" in table
+    assert "| a1-100 | 90% | **1.50** | s0: 3.00 / 2.00 (d1) |" in table
+    assert "best fixed without the cache" in table
+
+
 def test_targets_from_full_fine_tuning_and_speedup():
     results = [
         _run("full", "full", [0.2, 0.5, 0.7, 0.8, 0.8]),
