@@ -85,9 +85,8 @@ class PlateauTrials(ServedLoss):
                 self._score(trial, server_round, g, res, losses, 0.0, g.name, g is keep)
             self.state = keep.state  # keep's round is the served model's
             stall.observe(keep.accuracies[-1])
-            evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
             # new capacity's first round may read low: futility from the second look on
-            pick = self._interim(evidence, rounds, st.plateau_rounds, futility_from=2)
+            evidence, pick = self._look(groups, losses, rounds, st.plateau_rounds, 2)
             if pick != "go on":
                 early = True
                 break

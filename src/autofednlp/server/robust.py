@@ -294,10 +294,9 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
                     name,
                     False,
                 )
-            evidence = self._evidence(groups, losses, math.ceil(probe_rounds / 2))
             # a trial every candidate already clearly loses ends too: the served model has
             # lent its probe clients for nothing long enough
-            pick = self._interim(evidence, probe_rounds, st.trial_rounds, futility_from=1)
+            evidence, pick = self._look(groups, losses, probe_rounds, st.trial_rounds, 1)
             if pick != "go on":
                 early = True
                 break
@@ -325,6 +324,19 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
         self._record_round(
             server_round, g.spec, res, metrics, trial=trial, group=name, served=served
         )
+
+    def _look(
+        self,
+        groups: list,
+        losses: dict[str, list],
+        rounds: int,
+        max_rounds: int,
+        futility_from: int,
+    ) -> tuple[list, int | None | str]:
+        """The evidence over the trial's later half of `rounds` rounds, and the interim look's
+        verdict on it (`_interim`)."""
+        evidence = self._evidence(groups, losses, math.ceil(rounds / 2))
+        return evidence, self._interim(evidence, rounds, max_rounds, futility_from)
 
     def _interim(
         self, evidence: list, rounds: int, max_rounds: int, futility_from: int
