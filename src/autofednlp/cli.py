@@ -67,11 +67,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("simulated time", human_duration(s["sim_time_s"])),
         ("traffic up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
         ("energy", human_energy(s["energy_j"])),
-        *(
-            [("aggregation", s["aggregation"])]
-            if s.get("aggregation", "fedavg") != "fedavg"
-            else []
-        ),
+        *([("aggregation", s["aggregation"])] if s.get("aggregation") else []),
         *([("differential privacy", _privacy(s["privacy"]))] if s.get("privacy") else []),
         *([("extended", _extensions(s["extended"]))] if s.get("extended") else []),
         ("wall time", f"{s['wall_time_s']:.1f} s"),

@@ -451,11 +451,12 @@ class AggregationConfig:
     """How each group's client updates become its new weights (names as Flower's strategies)."""
 
     name: str = _f(
-        "fedavg",
-        "fedavg (example-weighted average), fedprox (fedavg plus a proximal term in local "
-        "training), fedadam / fedyogi (Flower's adaptive server optimizers on the averaged "
-        "update), fedavgm (Flower's server momentum); server optimizer state is kept per "
-        "configuration and checkpointed",
+        "fedprox",
+        "fedprox (default: fedavg plus a proximal term in local training, which holds clients "
+        "near the received weights under label skew), fedavg (example-weighted average), "
+        "fedadam / fedyogi (Flower's adaptive server optimizers on the averaged update), "
+        "fedavgm (Flower's server momentum); server optimizer state is kept per configuration "
+        "and checkpointed",
     )
     proximal_mu: float = _f(
         0.01, "fedprox: weight of the proximal term mu/2 ||w - w_received||^2 (0 = fedavg)"
