@@ -527,7 +527,7 @@ def test_background_trials_pair_candidates_on_the_same_probes_beside_served_roun
     for t in summary["trajectory"]:
         assert t["probes"] == 2 and t["probe_rounds"] <= 2
         assert set(t["extra_s"]) == set(t["evidence"]) and min(t["extra_s"].values()) >= 0
-        assert t["served_loss_rate"] >= 0
+        assert t["served_loss_rate"] >= 0 and t["served_loss_rate_se"] >= 0
         assert set(t["evidence"]) == set(t["groups"]) - {"keep"}
 
 

@@ -178,7 +178,9 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
         (`_plateau`) is a `_plateau_trial` instead."""
         fed, st = self.cfg.federation, self.cfg.strategy
         window = max(3, 2 * st.patience)
-        rate = self.served_loss_rate(window)
+        # the rate's standard error is recorded beside it: a z in the trajectory counts only the
+        # validation samples' noise, and over a few readings the rate can be mostly noise
+        rate, rate_se = self.served_loss_trend(window)
         plateau_by = self._plateau(window) if st.plateau_rounds else None
         if plateau_by:
             rate = 0.0  # at a plateau the served model gains nothing per second
@@ -212,6 +214,7 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
             plateau=plateau_by is not None,
             plateau_by=plateau_by,
             served_loss_rate=round(rate, 6),
+            served_loss_rate_se=round(rate_se, 6),
             extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
             continued_from=start,
         )
