@@ -551,11 +551,11 @@ def test_steady_round_time_and_the_served_loss_rate(tiny_model_dir, tmp_path):
     served = [(1.0, 2.0), (2.0, 1.5), (3.0, 1.0), (4.0, 0.5)]  # falls 0.5 a second
     run.recorder.rows = [{"sim_time_s": t, "val_loss": v, "served": True} for t, v in served]
     run.recorder.rows.insert(2, {"sim_time_s": 2.5, "val_loss": 9.0, "served": False})
-    assert run.served_loss_rate(4) == pytest.approx(0.5)  # a probe's reading does not count
-    assert run.served_loss_rate(2) == pytest.approx(0.5)
+    assert run.served_loss_trend(4)[0] == pytest.approx(0.5)  # a probe's reading does not count
+    assert run.served_loss_trend(2)[0] == pytest.approx(0.5)
     run.recorder.rows = [{"sim_time_s": t, "val_loss": 3 - v, "served": "True"} for t, v in served]
-    assert run.served_loss_rate(4) == 0.0  # rising: nothing forgone
-    assert run.served_loss_rate(1) == 0.0  # one reading has no slope
+    assert run.served_loss_trend(4)[0] == 0.0  # rising: nothing forgone
+    assert run.served_loss_trend(1)[0] == 0.0  # one reading has no slope
     noisy = [(1.0, 1.0), (2.0, 0.6), (3.0, 1.0), (4.0, 0.6)]  # slope -0.08, squared residuals 0.128
     run.recorder.rows = [{"sim_time_s": t, "val_loss": v, "served": True} for t, v in noisy]
     rate, stderr = run.served_loss_trend(4)

@@ -35,15 +35,11 @@ class ServedLoss:
             if is_served(r) and r.get("val_loss") is not None
         ]
 
-    def served_loss_rate(self, last: int) -> float:
-        """How fast the served model's validation loss fell per simulated second over its
-        `last` readings (least-squares slope; 0 when it did not fall). From the recorded rows,
-        so a resumed run computes the same."""
-        return self.served_loss_trend(last)[0]
-
     def served_loss_trend(self, last: int) -> tuple[float, float]:
-        """(`served_loss_rate`, the standard error of that least-squares slope; 0 with fewer
-        than 3 readings)."""
+        """(How fast the served model's validation loss fell per simulated second over its
+        `last` readings: the least-squares slope, 0 when it did not fall; that slope's standard
+        error, 0 with fewer than 3 readings). From the recorded rows, so a resumed run computes
+        the same."""
         points = self._served_losses()[-last:]
         if len(points) < 2:
             return 0.0, 0.0
