@@ -99,28 +99,20 @@ class GrowAt(FederatedRun):
         s, n = self.new_lr
         return s if n == 0 else s + (1.0 - s) * min(1.0, self.since_growth / n)
 
-    def run(self) -> dict:
-        fed = self.cfg.federation
-        for r in range(1, fed.rounds + 1):
-            if self.out_of_time():
-                break
-            if self.grown_at is None and self.clock.time_s >= self.grow_at_s:
-                new = self.initial_state(self.grow_to)
-                NEW_CAPACITY["names"] = frozenset(set(new) - set(self.state))
-                self.state = grow_state(self.state, new, self.spec, self.grow_to)
-                self.spec, self.grown_at = self.grow_to, self.clock.time_s
-            if self.grown_at is not None:
-                NEW_CAPACITY["scale"] = self.new_capacity_scale()
-                self.since_growth += 1
-            clients = self.sample(fed.clients_per_round)
-            (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
-            self.state = res.state
-            self.clock.advance(res.cost)
-            row = {**self.round_row(r, self.spec, res), "served": True}
-            row.update(self.metric_columns(self.evaluate_metrics("validation")))
-            row["sim_time_s"] = self.clock.time_s
-            self.record(row)
-        return self.finish({"grown_at_s": self.grown_at})
+    def before_round(self, server_round: int) -> None:
+        """Grows the head into `grow_to` once the clock passes `grow_at_s`, and sets the new
+        capacity's learning-rate scale for every round after."""
+        if self.grown_at is None and self.clock.time_s >= self.grow_at_s:
+            new = self.initial_state(self.grow_to)
+            NEW_CAPACITY["names"] = frozenset(set(new) - set(self.state))
+            self.state = grow_state(self.state, new, self.spec, self.grow_to)
+            self.spec, self.grown_at = self.grow_to, self.clock.time_s
+        if self.grown_at is not None:
+            NEW_CAPACITY["scale"] = self.new_capacity_scale()
+            self.since_growth += 1
+
+    def finish(self, extra: dict | None = None) -> dict:
+        return super().finish({**(extra or {}), "grown_at_s": self.grown_at})
 
 
 def run_grown(cfg, run_dir: Path, grow_to: TuneSpec, grow_at_s: float, new_lr: tuple) -> list:

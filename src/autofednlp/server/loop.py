@@ -437,11 +437,16 @@ class FederatedRun:
             return "target"
         return "time_budget" if self.out_of_time() else "rounds"
 
+    def before_round(self, server_round: int) -> None:
+        """Called before each round of `run`, once the budget allows it: a subclass's hook
+        (e.g. to change the configuration at a chosen time); nothing here."""
+
     def run(self) -> dict[str, Any]:
         fed = self.cfg.federation
         for r in range(self.next_round, fed.rounds + 1):
             if self.out_of_time():
                 break
+            self.before_round(r)
             clients = self.sample(fed.clients_per_round)
             (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
             self.state = res.state
