@@ -89,6 +89,13 @@ ROBUST = [
             "strategy.plateau_rounds=1",
             "federation.rounds=12",
         ],
+        # a shadow trial starts from the trajectory alone (none yet, or the last one grew)
+        [
+            *ROBUST,
+            'strategy.trial_pace="shadow"',
+            "strategy.shadow_rounds=2",
+            "federation.rounds=12",
+        ],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",
             "tune.depth=1",
@@ -113,6 +120,7 @@ ROBUST = [
         "autofed-published",
         "autofed-robust",
         "robust-background",
+        "robust-shadow",
         "fixed-dp-fedadam",
         "robust-dp-fedavgm",
     ],

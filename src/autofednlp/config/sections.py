@@ -49,7 +49,7 @@ WINNER_RULES = ("best_accuracy", "gain_per_s")
 BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
-TRIAL_PACES = ("keep", "place", "slowest", "background")
+TRIAL_PACES = ("keep", "place", "slowest", "background", "shadow")
 TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
@@ -339,7 +339,12 @@ class StrategyConfig:
         "paired comparison on the same clients' data, a candidate paying for its extra round "
         "time at the served model's recent loss rate), while the rest of each round's clients "
         "train the served model at its own pace; a probe round counts once its probes could "
-        "have finished (trial_judge does not apply). The others run trial rounds, which last "
+        "have finished (trial_judge does not apply). shadow: as background, but the probes carry "
+        "each candidate from its own weights for up to shadow_rounds probe rounds, and after "
+        "each it is compared with the served model as it stands at that moment (no price for "
+        "its slower rounds: both had the same clock); it wins once better by twice "
+        "confidence_z standard errors; the first shadow trial starts after the first served "
+        "round, and another right after each growth. The others run trial rounds, which last "
         "as long as their slowest client: keep (clients dealt out in turn; a candidate's "
         "client trains at most the local steps that fit in the time the slowest client of "
         "keep's group takes, estimated from data sizes and devices in past replies, cache "
@@ -347,9 +352,14 @@ class StrategyConfig:
         "cheapest configuration, with full local epochs) "
         "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
     )
+    shadow_rounds: int = _f(
+        12,
+        "robust, trial_pace = shadow: the most probe rounds a candidate trains beside the "
+        "served model before keep wins the trial",
+    )
     trial_probes: int = _f(
         0,
-        "robust, trial_pace = background: clients per probe round, taken from "
+        "robust, trial_pace = background or shadow: clients per probe round, taken from "
         "clients_per_round (the served model trains with the rest); 0 = a third of it",
     )
     plateau_rounds: int = _f(
@@ -430,7 +440,14 @@ class StrategyConfig:
             ("trial_judge", TRIAL_JUDGES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
-        steps = ("depth_step", "width_step", "trial_rounds", "max_group_rounds", "max_width")
+        steps = (
+            "depth_step",
+            "width_step",
+            "trial_rounds",
+            "shadow_rounds",
+            "max_group_rounds",
+            "max_width",
+        )
         _check_min(self, "strategy", 1, *steps)
         counts = (
             "max_depth",
@@ -626,13 +643,15 @@ class ExperimentConfig:
                 self.tune.width,
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
-            if self.strategy.trials == "robust" and self.strategy.trial_pace == "background":
+            lent = self.strategy.trial_pace in ("background", "shadow")
+            if self.strategy.trials == "robust" and lent:
                 per_round = self.federation.clients_per_round
                 _check(
                     per_round >= 2,
                     "federation.clients_per_round",
                     per_round,
-                    "trial_pace background lends probe clients from each round: use 2 or more",
+                    "trial_pace background or shadow lends probe clients from each round: "
+                    "use 2 or more",
                 )
                 _check(
                     self.strategy.trial_probes < per_round,

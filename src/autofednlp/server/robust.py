@@ -47,9 +47,10 @@ from autofednlp.server.policies import (
     paired_evidence,
     pick_paired,
 )
+from autofednlp.server.shadow import ShadowTrials
 
 
-class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
+class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, AutoFedRun):
     """Stall-triggered trials over a shared trunk, decided by a paired test."""
 
     def run(self) -> dict[str, Any]:
@@ -87,7 +88,8 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
 
         while self.more_rounds(server_round):
             candidates = policy(self.spec, self._reach(trajectory))
-            if schedule.due(since_trial, stall, self.clock.time_s) and len(candidates) > 1:
+            due = schedule.due(since_trial, stall, self.clock.time_s)
+            if (due or self._shadow_due(trajectory, server_round)) and len(candidates) > 1:
                 trial += 1
                 start_s = self.clock.time_s
                 server_round, entry = self._trial(trial, candidates, server_round, stall)
@@ -147,7 +149,7 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
         groups = [
             Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates
         ]
-        if st.trial_pace == "background":
+        if st.trial_pace in ("background", "shadow"):
             return self._background_trial(trial, groups, server_round, stall)
         return self._group_trial(trial, groups, server_round, stall)
 
@@ -175,14 +177,22 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
         also be no worse than the served model at that moment.
 
         With `plateau_rounds`, a trial that starts at a plateau of the served model
-        (`_plateau`) is a `_plateau_trial` instead."""
+        (`_plateau`) is a `_plateau_trial` instead; with `trial_pace = "shadow"` every trial
+        is a `_shadow_trial`, decided the same way from there on."""
         fed, st = self.cfg.federation, self.cfg.strategy
         window = max(3, 2 * st.patience)
         # the rate's standard error is recorded beside it: a z in the trajectory counts only the
         # validation samples' noise, and over a few readings the rate can be mostly noise
         rate, rate_se = self.served_loss_trend(window)
-        plateau_by = self._plateau(window) if st.plateau_rounds else None
-        if plateau_by:
+        shadow = st.trial_pace == "shadow"
+        plateau_by = self._plateau(window) if st.plateau_rounds and not shadow else None
+        if shadow:
+            rate, extra = 0.0, {}  # judged against the served model at the same moment
+            n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # < per round
+            server_round, rounds, probe_rounds, early, pick, evidence = self._shadow_trial(
+                trial, groups, server_round, stall, n_probe
+            )
+        elif plateau_by:
             rate = 0.0  # at a plateau the served model gains nothing per second
             n_probe = fed.clients_per_round
             server_round, rounds, early, pick, evidence, extra = self._plateau_trial(
@@ -212,6 +222,7 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
             probe_rounds=probe_rounds,
             probes=n_probe,
             plateau=plateau_by is not None,
+            shadow=shadow,
             plateau_by=plateau_by,
             served_loss_rate=round(rate, 6),
             served_loss_rate_se=round(rate_se, 6),
@@ -246,43 +257,20 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
         which trains with the rest meanwhile; `rate`: the served loss rate a candidate's
         extra time is priced at. (server_round, rounds, probe_rounds, early, pick, evidence,
         extra seconds per round by group)."""
-        fed, st = self.cfg.federation, self.cfg.strategy
+        st = self.cfg.strategy
         losses: dict[str, list] = {g.name: [] for g in groups}
         extra: dict[str, float] = {}
         rounds = probe_rounds = 0
-        early, pick, evidence, cut = False, None, [], False
+        early, pick, evidence = False, None, []
         while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
-            server_round += 1
-            rounds += 1
             probes = self.sample(n_probe)
             if not extra:
                 keep_s = self.steady_round_s(probes, groups[0])
                 extra = {g.name: max(0.0, self.steady_round_s(probes, g) - keep_s) for g in groups}
-            # one call per group (a client is in one group of a call); the replies are waited
-            # for after the served round below, as a deployment would
-            tasks = [[(g.spec, g.state, probes)] for g in groups]
-            sent = [self.send_groups(server_round, t) for t in tasks]
-            start_s, busy = self.clock.time_s, set(probes)
-            results: list = []
-            while True:
-                clients = self.sample(fed.clients_per_round - len(busy), exclude=busy)
-                stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
-                if not results:  # the simulated clock needs their costs: collect after round 1
-                    results = [
-                        self.receive_groups(server_round, t, s, step=False)[0]
-                        for t, s in zip(tasks, sent)
-                    ]
-                    self._advance([r.cost for r in results], 0.0)
-                    done_s = start_s + sum(r.cost.duration_s for r in results)
-                if self.clock.time_s >= done_s:
-                    break
-                if not self.more_rounds(server_round):
-                    cut = True  # the run ends before this probe round's results are in
-                    break
-                server_round += 1
-                rounds += 1
-            if cut:
-                break
+            server_round, lent, results = self._lend(trial, groups, probes, server_round, stall)
+            rounds += lent
+            if results is None:
+                break  # the run ends before this probe round's results are in
             probe_rounds += 1
             for g, res in zip(groups, results):
                 # the time the candidate's rounds cost beyond keep's, as served loss forgone
@@ -305,6 +293,40 @@ class RobustAutoFedRun(ClientPacing, PlateauTrials, GroupTrials, AutoFedRun):
                 break
         pick = self._final(evidence, probe_rounds, early, pick)
         return server_round, rounds, probe_rounds, early, pick, evidence, extra
+
+    def _lend(
+        self, trial: int, groups: list, probes: list[int], server_round: int, stall: StallDetector
+    ) -> tuple[int, int, list | None]:
+        """One probe round: each of `groups` trains on the `probes`, from its own weights,
+        while the round's other clients train the served model round after round, until the
+        probes could have trained all their tasks (the sum of the tasks' round times, an upper
+        bound); their traffic and energy count at once. (The last served round, the served
+        rounds it took, the groups' results: None when the run ends before they are in.)"""
+        fed = self.cfg.federation
+        server_round += 1
+        rounds = 1
+        # one call per group (a client is in one group of a call); the replies are waited for
+        # after the served round below, as a deployment would
+        tasks = [[(g.spec, g.state, probes)] for g in groups]
+        sent = [self.send_groups(server_round, t) for t in tasks]
+        start_s, busy = self.clock.time_s, set(probes)
+        results: list = []
+        while True:
+            clients = self.sample(fed.clients_per_round - len(busy), exclude=busy)
+            stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
+            if not results:  # the simulated clock needs their costs: collect after round 1
+                results = [
+                    self.receive_groups(server_round, t, s, step=False)[0]
+                    for t, s in zip(tasks, sent)
+                ]
+                self._advance([r.cost for r in results], 0.0)
+                done_s = start_s + sum(r.cost.duration_s for r in results)
+            if self.clock.time_s >= done_s:
+                return server_round, rounds, results
+            if not self.more_rounds(server_round):
+                return server_round, rounds, None
+            server_round += 1
+            rounds += 1
 
     def _score(
         self,

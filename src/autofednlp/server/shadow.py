@@ -1,0 +1,70 @@
+"""Shadow trials (`strategy.trial_pace = "shadow"`): candidates that keep training beside the
+served model until they are better than it *now*.
+
+A background trial judges a candidate after a round or two on a few probes, against keep
+trained on the same probes, and prices its extra round time at the served model's loss rate.
+That is right about the next seconds and myopic about the run: a deeper configuration's
+advantage is its higher ceiling, which shows only after many rounds, and by then the head
+has levelled off and a candidate grown from it needs the time it has left to recover from
+the growth's dip (RESULTS.md, tenth measurement: on the tweets d=2 grown from the head in
+the first 15% of the budget reached d=2's ceiling; grown at the plateau it did not).
+
+So a shadow trial starts early (after the run's first served round, and again right after a
+growth) and lets the probes carry each candidate from its own weights, probe round after
+probe round, for up to `shadow_rounds`, while the other clients train the served model at
+its own pace. After each probe round the candidate is compared with the served model as it
+stands at that simulated moment, paired over the validation samples. Both had the same
+clock, so the candidate's slower rounds need no price: it has already paid for them in
+rounds it did not get. It replaces the served model once it is better by twice
+`confidence_z` standard errors and no worse on the target metric (the interim look's bar,
+`early_win`, since it is looked at after every round), from its second round on. The cost is
+the clients the served model lends for the trial's length.
+"""
+
+from __future__ import annotations
+
+from autofednlp.server.policies import StallDetector, early_win
+
+
+class ShadowTrials:
+    """A mixin for `RobustAutoFedRun`: a shadow trial's probe rounds (`_shadow_trial`)."""
+
+    def _shadow_due(self, trajectory: list, server_round: int) -> bool:
+        """Whether a shadow trial starts now without waiting for a stall: after the run's
+        first served round, and right after a trial that grew the model."""
+        if self.cfg.strategy.trial_pace != "shadow" or server_round < 1:
+            return False
+        return not trajectory or trajectory[-1]["winner"] != "keep"
+
+    def _shadow_trial(
+        self, trial: int, groups: list, server_round: int, stall: StallDetector, n_probe: int
+    ) -> tuple:
+        """Up to `shadow_rounds` probe rounds on `n_probe` clients lent by the served model,
+        each candidate continuing from its own weights, each judged after every probe round
+        against the served model at that moment. (server_round, rounds, probe_rounds, early,
+        pick, evidence): `early` when a candidate won before the last round."""
+        st = self.cfg.strategy
+        keep, candidates = groups[0], groups[1:]
+        losses: dict[str, list] = {g.name: [] for g in groups}
+        rounds = probe_rounds = 0
+        pick, evidence = None, []
+        while probe_rounds < st.shadow_rounds and self.more_rounds(server_round):
+            probes = self.sample(n_probe)
+            server_round, lent, results = self._lend(trial, candidates, probes, server_round, stall)
+            rounds += lent
+            if results is None:
+                break  # the run ends before this probe round's results are in
+            probe_rounds += 1
+            # keep is the served model as it stands now, not keep trained on the probes
+            served = self.evaluate_result("validation", self.spec, self.state, per_sample=True)
+            keep.accuracies.append(served.metrics[self.metric])
+            losses[keep.name].append(served.sample_losses)
+            for g, res in zip(candidates, results):
+                self._score(trial, server_round, g, res, losses, 0.0, g.name, False)
+            # the served model moves on: each look compares this moment's readings only
+            evidence = self._evidence(groups, losses, 1)
+            pick = early_win(evidence, probe_rounds, st.confidence_z)
+            if pick is not None:
+                break
+        early = pick is not None and probe_rounds < st.shadow_rounds
+        return server_round, rounds, probe_rounds, early, pick, evidence

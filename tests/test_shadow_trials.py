@@ -1,0 +1,155 @@
+"""Shadow trials (`strategy.trial_pace = "shadow"`) on the tiny in-code BERT: candidates carried
+by a few probe clients beside the served model, each judged against the served model as it
+stands after every probe round."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from test_robust_trials import _cfg
+
+
+def _shadow_run(tiny_model_dir, tmp_path, name, *extra):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=20",
+        "tune.depth=0",
+        'strategy.trial_pace="shadow"',
+        "strategy.trial_probes=2",
+        "strategy.shadow_rounds=3",
+        "strategy.patience=50",  # no stall-triggered trial: only the shadow's own starts
+        *extra,
+    )
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False)
+    summary = run.run()
+    return run, summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
+
+
+def _probe_rounds(rows):
+    return [r for r in rows if r["served"] != "True"]
+
+
+def test_a_shadow_trial_carries_its_candidate_beside_the_served_model(tiny_model_dir, tmp_path):
+    """The first trial starts after the first served round; the probes train the candidate
+    alone (no keep on the probes), from its own weights from one probe round to the next, for
+    up to shadow_rounds; every round serves a model trained by the clients the probes leave;
+    each look pairs the candidate with the served model's reading of that moment."""
+    _, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "s")
+    served = [r for r in rows if r["served"] == "True"]
+    assert [int(r["round"]) for r in served] == list(range(1, 21))
+    assert not served[0]["trial"]  # round 1 is served alone, then the shadow starts
+    first = summary["trajectory"][0]
+    assert first["shadow"] is True and first["probes"] == 2
+    assert first["groups"] == {"keep": "bottleneck(d=0,w=8)", "deeper": "bottleneck(d=1,w=8)"}
+    probes = [r for r in _probe_rounds(rows) if r["trial"] == "1"]
+    assert {r["group"] for r in probes} == {"deeper"}  # keep is the served model itself
+    assert len(probes) == first["probe_rounds"]
+    in_trial = [r for r in served if r["trial"] == "1"]
+    assert in_trial and all(len(r["clients"].split()) == 4 for r in in_trial)
+    by_round = {r["round"]: r for r in served}
+    last = probes[-1]
+    ev = first["evidence"]["deeper"]
+    # the look's keep is the served model at the probe round's end
+    assert ev["keep_accuracy"] == pytest.approx(float(by_round[last["round"]]["val_accuracy"]))
+    assert ev["accuracy"] == pytest.approx(float(last["val_accuracy"]))
+    if first["winner"] == "keep":
+        assert first["probe_rounds"] == 3 and not first["decided_early"]
+
+
+def _evidence(monkeypatch, gain):
+    """Every look reads the candidate `gain` better than the served model, standard error
+    0.01 (isolates the decision from what the tiny model learns)."""
+    import autofednlp.server.robust as robust
+    from autofednlp.server.policies import PairedEvidence
+
+    monkeypatch.setattr(
+        robust, "paired_evidence", lambda name, *a: PairedEvidence(name, gain, 0.01, 0.6, 0.5)
+    )
+
+
+def _continue_from(monkeypatch, seen, no_worse=False):
+    """Record what the first winner would continue from, and the served model's loss then;
+    `no_worse`: report every winner as no worse than the served model."""
+    from autofednlp.server.robust import RobustAutoFedRun
+
+    real = RobustAutoFedRun._continue_from
+
+    def spy(self, winner):
+        state, start, loss = real(self, winner)
+        if seen:
+            return state, start, -math.inf if no_worse else loss
+        seen.update(spec=winner.spec, loss=loss, served_loss=self.evaluate("validation")[1])
+        seen["state"] = {k: v.clone() for k, v in state.items()}
+        return state, start, -math.inf if no_worse else loss
+
+    monkeypatch.setattr(RobustAutoFedRun, "_continue_from", spy)
+
+
+@pytest.mark.parametrize("gain, wins", [(-0.05, False), (0.02, False), (1.0, True)])
+def test_a_shadow_candidate_wins_only_when_clearly_better_than_the_served_model(
+    tiny_model_dir, tmp_path, monkeypatch, gain, wins
+):
+    """Noise (better by less than twice the bar, 2 x 1.64 x 0.01) or a worse candidate does not
+    win, however many looks; a clearly better one wins at its second look (one round's reading
+    is never enough), the served model becomes exactly its weights, and the next shadow trial
+    starts at once from the grown configuration."""
+    _evidence(monkeypatch, gain)
+    seen: dict = {}
+    _continue_from(monkeypatch, seen, no_worse=True)
+    run, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "w")
+    first = summary["trajectory"][0]
+    if not wins:
+        assert first["winner"] == "keep" and first["probe_rounds"] == 3
+        assert run.spec.depth == 0 and not seen
+        return
+    assert first["winner"] == "deeper" and first["probe_rounds"] == 2 and first["decided_early"]
+    assert seen["spec"].depth == 1
+    second = summary["trajectory"][1]
+    assert second["groups"]["keep"] == "bottleneck(d=1,w=8)"
+    # a growth starts the next shadow at once: the first served round after it is in trial 2
+    end = int(_probe_rounds([r for r in rows if r["trial"] == "1"])[-1]["round"])
+    after = [r for r in rows if int(r["round"]) == end + 1 and r["served"] == "True"]
+    assert after and after[0]["trial"] == "2" and after[0]["config"] == "bottleneck(d=1,w=8)"
+
+
+def test_a_shadow_that_reads_worse_than_the_served_model_now_is_not_handed_out(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Clearly better on the looks (mocked), the winner still replaces the served model only
+    if its real validation loss, from whichever start reads better, is no worse than the
+    served model's at that moment; if it is worse, keep stays and the entry says so."""
+    _evidence(monkeypatch, 1.0)
+    seen: dict = {}
+    _continue_from(monkeypatch, seen)
+    run, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "x", "federation.rounds=12")
+    first = summary["trajectory"][0]
+    assert seen and first["probe_rounds"] == 2
+    if seen["loss"] <= seen["served_loss"]:
+        assert first["winner"] == "deeper" and run.spec == seen["spec"]
+    else:
+        assert first["winner"] == "keep" and first["behind_served"] == "deeper"
+        assert run.spec.depth == 0
+    assert all(torch.isfinite(v).all() for v in seen["state"].values())
+
+
+def test_shadow_needs_clients_to_lend(tiny_model_dir, tmp_path):
+    from autofednlp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.trial_probes"):
+        _cfg(
+            tiny_model_dir,
+            tmp_path,
+            'strategy.trial_pace="shadow"',
+            "strategy.trial_probes=6",
+            "strategy.name=autofed",
+        )
+    with pytest.raises(ConfigError, match="strategy.shadow_rounds"):
+        _cfg(tiny_model_dir, tmp_path, "strategy.shadow_rounds=0")
