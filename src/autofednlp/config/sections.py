@@ -339,18 +339,18 @@ class StrategyConfig:
         "paired comparison on the same clients' data, a candidate paying for its extra round "
         "time at the served model's recent loss rate), while the rest of each round's clients "
         "train the served model at its own pace; a probe round counts once its probes could "
-        "have finished (trial_judge does not apply). shadow: as background, but the probes carry "
-        "each candidate from its own weights for up to shadow_rounds probe rounds, and after "
-        "each it is compared with the served model as it stands at that moment (no price for "
-        "its slower rounds: both had the same clock); it wins once better by twice "
-        "confidence_z standard errors; the first shadow trial starts after the first served "
-        "round, and another right after each growth. The others run trial rounds, which last "
-        "as long as their slowest client: keep (clients dealt out in turn; a candidate's "
-        "client trains at most the local steps that fit in the time the slowest client of "
-        "keep's group takes, estimated from data sizes and devices in past replies, cache "
-        "fills and FLOPs), place (clients placed by that estimate, the largest on the "
-        "cheapest configuration, with full local epochs) "
-        "or slowest (dealt out in turn, full local epochs: the round waits for the slowest)",
+        "have finished (trial_judge does not apply). shadow: as background, but the probes "
+        "carry each candidate from its own weights for up to shadow_rounds probe rounds, and "
+        "after each it is compared with the served model as it stands at that moment (no price "
+        "for its slower rounds: both had the same clock); it wins once better by confidence_z "
+        "standard errors, from its second round on; the first shadow trial starts after the "
+        "first served round, and another right after each growth. The others run trial rounds, "
+        "which last as long as their slowest client: keep (clients dealt out in turn; a "
+        "candidate's client trains at most the local steps that fit in the time the slowest "
+        "client of keep's group takes, estimated from data sizes and devices in past replies, "
+        "cache fills and FLOPs), place (clients placed by that estimate, the largest on the "
+        "cheapest configuration, with full local epochs) or slowest (dealt out in turn, full "
+        "local epochs: the round waits for the slowest)",
     )
     shadow_rounds: int = _f(
         12,
