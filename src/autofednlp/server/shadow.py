@@ -4,25 +4,27 @@ served model until they are better than it *now*.
 A background trial judges a candidate after a round or two on a few probes, against keep
 trained on the same probes, and prices its extra round time at the served model's loss rate.
 That is right about the next seconds and myopic about the run: a deeper configuration's
-advantage is its higher ceiling, which shows only after many rounds, and by then the head
-has levelled off and a candidate grown from it needs the time it has left to recover from
-the growth's dip (RESULTS.md, tenth measurement: on the tweets d=2 grown from the head in
-the first 15% of the budget reached d=2's ceiling; grown at the plateau it did not).
+advantage is its higher ceiling, which shows only after many rounds, and by then the head has
+levelled off and a candidate grown from it needs the time it has left to recover from the
+growth's dip (RESULTS.md, tenth measurement: on the tweets d=2 grown from the head in the first
+15% of the budget reached d=2's ceiling; grown at the plateau it did not).
 
-So a shadow trial starts early (after the run's first served round, and again right after a
-growth) and lets the probes carry each candidate from its own weights, probe round after
-probe round, for up to `shadow_rounds`, while the other clients train the served model at
-its own pace. After each probe round the candidate is compared with the served model as it
-stands at that simulated moment, paired over the validation samples. Both had the same
-clock, so the candidate's slower rounds need no price: it has already paid for them in
-rounds it did not get. It replaces the served model once it is better by `confidence_z`
-standard errors and no worse on the target metric, from its second round on (one round's
-reading is not enough, `EARLY_WIN_ROUNDS`). Each look asks which model to hand out *now*, so
-the bar is the plain one, not the interim look's twice: a false positive hands out a model
-no worse than the served one, and twice the bar held back a d=2 candidate on the tweets that
-read 0.816 against the served 0.782 (validation loss 0.39 against 0.50: per-sample losses of
-a more confident model are heavy-tailed). The cost is the clients the served model lends for
-the trial's length.
+So the first shadow trial starts early, after the run's first served round, and lets the probes
+carry each candidate from its own weights, probe round after probe round, for up to
+`shadow_rounds`, while the other clients train the served model at its own pace. After each
+probe round the candidate is compared with the served model as it stands at that simulated
+moment, paired over the validation samples. Both had the same clock, so the candidate's slower
+rounds need no price: it has already paid for them in rounds it did not get. It replaces the
+served model once it is better by `confidence_z` standard errors and no worse on the target
+metric, from its second round on (one round's reading is not enough, `EARLY_WIN_ROUNDS`). Each
+look asks which model to hand out *now*, so the bar is the plain one, not the interim look's
+twice: a false positive hands out a model no worse than the served one, and twice the bar held
+back a d=2 candidate on the tweets that read 0.816 against the served 0.782 (validation loss
+0.39 against 0.50: per-sample losses of a more confident model are heavy-tailed). The cost is
+the clients the served model lends for the trial's length; so later trials follow the stall
+schedule: a shadow started again right after a growth to d=2 on the tweets (seed 0) lent its
+probes for the rest of the run and lost, and the served d=2 missed a target a fixed d=2
+reached.
 """
 
 from __future__ import annotations
@@ -34,11 +36,9 @@ class ShadowTrials:
     """A mixin for `RobustAutoFedRun`: a shadow trial's probe rounds (`_shadow_trial`)."""
 
     def _shadow_due(self, trajectory: list, server_round: int) -> bool:
-        """Whether a shadow trial starts now without waiting for a stall: after the run's
-        first served round, and right after a trial that grew the model."""
-        if self.cfg.strategy.trial_pace != "shadow" or server_round < 1:
-            return False
-        return not trajectory or trajectory[-1]["winner"] != "keep"
+        """Whether a shadow trial starts now without waiting for a stall: the run's first,
+        after its first served round."""
+        return self.cfg.strategy.trial_pace == "shadow" and server_round >= 1 and not trajectory
 
     def _shadow_trial(
         self, trial: int, groups: list, server_round: int, stall: StallDetector, n_probe: int
