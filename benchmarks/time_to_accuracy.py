@@ -131,6 +131,25 @@ def with_autofed_overrides(todo: list[Method], overrides: list[str]) -> list[Met
     ]
 
 
+def other_variants(run_out: Path, todo: list[Method], setting: str, seed: int) -> list[dict]:
+    """The AutoFedNLP + cache design variants run into `run_out` (with --autofed-set) that
+    `todo` does not name, for --report-only: variants side by side, against the same targets
+    (the best reading of any run tabulated)."""
+    named = {slug(m.name) for m in todo}
+    base = slug("AutoFedNLP + cache")
+    found = []
+    dirs = sorted(run_out.iterdir()) if run_out.is_dir() else []
+    for d in dirs:
+        if d.name in named or not d.name.startswith(base + "_") or not d.is_dir():
+            continue
+        run = load_run(d)
+        if run["rows"]:
+            name = f"AutoFedNLP + cache [{d.name[len(base) + 1 :]}]"
+            row = {"setting": setting, "seed": seed, "method": name, "family": "autofed"}
+            found.append({**row, **run, "wall_s": math.nan, "reused": True})
+    return found
+
+
 def tweets_entity_csv(out: Path) -> Path:
     """The bundled Twitter NER tweets as text,label rows: "entity" if any word is tagged,
     else "none". Deterministic, so every run of the setting sees the same file."""
@@ -742,7 +761,9 @@ def main() -> int:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: tabulate the runs already in --out (partial ones marked)",
+        help="run nothing: tabulate the runs already in --out (partial ones marked), with "
+        "every AutoFedNLP + cache variant found there (--autofed-set), all against the same "
+        "targets",
     )
     args = p.parse_args()
     if args.quick:
@@ -790,6 +811,8 @@ def main() -> int:
             if found["rows"]:
                 row = {"setting": setting, "seed": seed, "method": m.name, "family": m.family}
                 results.append({**row, **found, "wall_s": math.nan, "reused": True})
+            if m is todo[-1]:
+                results += other_variants(run_out, todo, setting, seed)
             continue
         if timed and m is not todo[0]:
             budget = budgets.get((setting, seed))

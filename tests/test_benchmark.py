@@ -171,6 +171,27 @@ def test_autofed_overrides_name_a_variant_and_leave_the_fixed_runs_alone():
     assert tta.with_autofed_overrides(todo, []) == todo
 
 
+def test_report_only_finds_the_autofed_variants_run_into_the_same_out(tmp_path):
+    """Variants run with --autofed-set sit beside the default's run; --report-only tabulates
+    them all (not the fixed runs or other families twice), against one set of targets."""
+    import json
+
+    todo = tta.methods(["fixed", "autofed"], [(0, 8)])
+    variant = tta.with_autofed_overrides(todo, ["strategy.trial_pace=shadow"])[1]
+    others = ["AutoFedNLP, no cache", "adapters d=0 w=8", "AutoFedNLP + cache", variant.name]
+    for name in [*others, "AutoFedNLP + cache [empty]"]:
+        d = tmp_path / tta.slug(name)
+        d.mkdir()
+        if "empty" not in name:  # a variant that wrote no row yet is left out
+            row = {"round": 1, "sim_time_s": 1.0, "val_accuracy": 0.5, "served": True}
+            (d / "rounds.jsonl").write_text(json.dumps(row) + "\n")
+    found = tta.other_variants(tmp_path, todo, "a1-100", 0)
+    assert [r["method"] for r in found] == ["AutoFedNLP + cache [strategy.trial_pace_shadow]"]
+    assert found[0]["family"] == "autofed" and found[0]["rows"][0]["val_accuracy"] == 0.5
+    assert tta.other_variants(tmp_path, [*todo, variant], "a1-100", 0) == []
+    assert tta.other_variants(tmp_path / "none", todo, "a1-100", 0) == []
+
+
 def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
     """A fixed configuration's run does not depend on AutoFedNLP's strategy settings: a new
     strategy default must not make the benchmark rerun (and first delete) every fixed run.
