@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -591,7 +592,8 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
         fig, ax = plt.subplots(figsize=(9, 5.5))
         cmap = plt.get_cmap("tab10")
         # AutoFedNLP variants bold and distinct from each other; fixed runs thin
-        auto_styles = iter(
+        # as many AutoFedNLP variants as --report-only finds: the styles repeat past three
+        auto_styles = itertools.cycle(
             [("black", "-", "o"), ("tab:purple", "-.", "s"), ("tab:brown", "-", "^")]
         )
         for i, r in enumerate(runs):
