@@ -469,22 +469,30 @@ def test_with_wait_time_trials_take_a_bounded_share_of_simulated_time():
     assert not restored.due(0, stall, now_s=2.49) and restored.due(0, stall, now_s=2.5)
 
 
-def _background_run(tiny_model_dir, tmp_path, name, *extra):
+def _lent_run(tiny_model_dir, tmp_path, name, *extra):
+    """A run whose trials lend 2 probe clients (`extra`: the pace and the rest): (run,
+    summary, rows)."""
     from autofednlp.client.worker import client_data
     from autofednlp.server import make_run
     from autofednlp.server.inprocess import InProcessTransport
 
-    cfg = _cfg(
+    cfg = _cfg(tiny_model_dir, tmp_path, "strategy.trial_probes=2", *extra)
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False)
+    summary = run.run()
+    return run, summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
+
+
+def _background_run(tiny_model_dir, tmp_path, name, *extra):
+    _, summary, rows = _lent_run(
         tiny_model_dir,
         tmp_path,
+        name,
         "federation.rounds=9",
         'strategy.trial_pace="background"',
-        "strategy.trial_probes=2",
         "strategy.early_decision=false",
         *extra,
     )
-    summary = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False).run()
-    return summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
+    return summary, rows
 
 
 def test_background_trials_pair_candidates_on_the_same_probes_beside_served_rounds(

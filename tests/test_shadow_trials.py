@@ -4,33 +4,25 @@ stands after every probe round."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-from test_robust_trials import _cfg
+from test_robust_trials import _cfg, _lent_run
 
 
 def _shadow_run(tiny_model_dir, tmp_path, name, *extra):
-    from autofednlp.client.worker import client_data
-    from autofednlp.server import make_run
-    from autofednlp.server.inprocess import InProcessTransport
-
-    cfg = _cfg(
+    return _lent_run(
         tiny_model_dir,
         tmp_path,
+        name,
         "federation.rounds=20",
         "tune.depth=0",
         'strategy.trial_pace="shadow"',
-        "strategy.trial_probes=2",
         "strategy.shadow_rounds=3",
         "strategy.patience=50",  # no stall-triggered trial: only the shadow's own starts
         *extra,
     )
-    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False)
-    summary = run.run()
-    return run, summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
 
 
 def _probe_rounds(rows):
