@@ -185,10 +185,10 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         # validation samples' noise, and over a few readings the rate can be mostly noise
         rate, rate_se = self.served_loss_trend(window)
         shadow = st.trial_pace == "shadow"
+        lent = st.trial_probes or max(1, fed.clients_per_round // 3)  # < per round
         plateau_by = self._plateau(window) if st.plateau_rounds and not shadow else None
         if shadow:
-            rate, extra = 0.0, {}  # judged against the served model at the same moment
-            n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # < per round
+            rate, extra, n_probe = 0.0, {}, lent  # against the served model at that moment
             server_round, rounds, probe_rounds, early, pick, evidence = self._shadow_trial(
                 trial, groups, server_round, stall, n_probe
             )
@@ -200,7 +200,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             )
             probe_rounds = rounds
         else:
-            n_probe = st.trial_probes or max(1, fed.clients_per_round // 3)  # < per round
+            n_probe = lent
             server_round, rounds, probe_rounds, early, pick, evidence, extra = self._lent_trial(
                 trial, groups, server_round, stall, n_probe, rate
             )
