@@ -592,9 +592,16 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
         fig, ax = plt.subplots(figsize=(9, 5.5))
         cmap = plt.get_cmap("tab10")
         # AutoFedNLP variants bold and distinct from each other; fixed runs thin
-        # as many AutoFedNLP variants as --report-only finds: the styles repeat past three
+        # as many AutoFedNLP variants as --report-only finds: six tell apart, then repeat
         auto_styles = itertools.cycle(
-            [("black", "-", "o"), ("tab:purple", "-.", "s"), ("tab:brown", "-", "^")]
+            [
+                ("black", "-", "o"),
+                ("tab:purple", "-.", "s"),
+                ("tab:brown", "-", "^"),
+                ("tab:pink", "--", "D"),
+                ("tab:olive", "-.", "v"),
+                ("tab:cyan", "-", "P"),
+            ]
         )
         for i, r in enumerate(runs):
             pts = served_curve(r["rows"], col)
