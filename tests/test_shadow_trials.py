@@ -145,3 +145,50 @@ def test_shadow_needs_clients_to_lend(tiny_model_dir, tmp_path):
         )
     with pytest.raises(ConfigError, match="strategy.shadow_rounds"):
         _cfg(tiny_model_dir, tmp_path, "strategy.shadow_rounds=0")
+
+
+def test_a_served_base_shadow_lays_its_added_tensors_over_the_served_model(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """`shadow_base = "served"`: after each probe round the candidate is the probes' weights
+    or its added tensors (the new layer's adapter) over the served model as it stands then,
+    whichever reads the lower validation loss; the next probe round trains from that."""
+    from autofednlp.server.policies import overlay
+    from autofednlp.server.robust import RobustAutoFedRun
+
+    looks: list = []
+    real_pick, real_lend = RobustAutoFedRun._nearer_served, RobustAutoFedRun._lend
+
+    def pick(self, g, state):
+        chosen = real_pick(self, g, state)
+        rebased = overlay(state, self.state)
+        losses = [self.evaluate("validation", g.spec, s)[1] for s in (state, rebased)]
+        looks.append(
+            (state, rebased, chosen, losses, {k: v.clone() for k, v in self.state.items()})
+        )
+        return chosen
+
+    starts: list = []
+
+    def lend(self, trial, groups, probes, server_round, stall):
+        starts.append({k: v.clone() for k, v in groups[0].state.items()})
+        return real_lend(self, trial, groups, probes, server_round, stall)
+
+    monkeypatch.setattr(RobustAutoFedRun, "_nearer_served", pick)
+    monkeypatch.setattr(RobustAutoFedRun, "_lend", lend)
+    _, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "b", 'strategy.shadow_base="served"')
+    first = summary["trajectory"][0]
+    assert len(looks) == first["probe_rounds"] >= 2
+    rebased_any = False
+    for i, (own, rebased, chosen, (own_loss, rebased_loss), served) in enumerate(looks):
+        added = [k for k in own if k not in served]
+        assert added and any("adapter" in k for k in added)
+        # the rebased candidate: the served model's tensors, the probes' added ones
+        assert all(torch.equal(rebased[k], served[k]) for k in served)
+        assert all(torch.equal(rebased[k], own[k]) for k in added)
+        want = rebased if rebased_loss <= own_loss else own
+        assert all(torch.equal(chosen[k], want[k]) for k in own)
+        rebased_any |= want is rebased
+        if i + 1 < len(starts):  # the next probe round starts from the chosen weights
+            assert all(torch.equal(starts[i + 1][k], chosen[k]) for k in own)
+    assert rebased_any  # the served model trains with more clients: its base reads better

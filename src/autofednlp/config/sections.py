@@ -50,6 +50,7 @@ BUDGETS = ("slowest", "paper")
 CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
 TRIAL_PACES = ("keep", "place", "slowest", "background", "shadow")
+SHADOW_BASES = ("own", "served")
 TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
@@ -357,6 +358,14 @@ class StrategyConfig:
         "robust, trial_pace = shadow: the most probe rounds a candidate trains beside the "
         "served model before keep wins the trial",
     )
+    shadow_base: str = _f(
+        "own",
+        "robust, trial_pace = shadow: what a candidate is after each probe round, judged "
+        "as and trained on from. own: the weights the probes left. served: those, or its added "
+        "tensors (adapters of the new layers, added width) laid over the served model's weights"
+        " as they stand at that moment (trained meanwhile with more clients), whichever has the"
+        " lower validation loss",
+    )
     trial_probes: int = _f(
         0,
         "robust, trial_pace = background or shadow: clients per probe round, taken from "
@@ -438,6 +447,7 @@ class StrategyConfig:
             ("candidates", CANDIDATE_POLICIES),
             ("trial_pace", TRIAL_PACES),
             ("trial_judge", TRIAL_JUDGES),
+            ("shadow_base", SHADOW_BASES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = (

@@ -29,7 +29,9 @@ reached.
 
 from __future__ import annotations
 
-from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, pick_paired
+import dataclasses
+
+from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, overlay, pick_paired
 
 
 class ShadowTrials:
@@ -64,6 +66,8 @@ class ShadowTrials:
             keep.accuracies.append(served.metrics[self.metric])
             losses[keep.name].append(served.sample_losses)
             for g, res in zip(candidates, results):
+                if st.shadow_base == "served":
+                    res = dataclasses.replace(res, state=self._nearer_served(g, res.state))
                 self._score(trial, server_round, g, res, losses, 0.0, g.name, False)
             # the served model moves on: each look compares this moment's readings only
             evidence = self._evidence(groups, losses, 1)
@@ -73,3 +77,11 @@ class ShadowTrials:
                 break
         early = pick is not None and probe_rounds < st.shadow_rounds
         return server_round, rounds, probe_rounds, early, pick, evidence
+
+    def _nearer_served(self, g, state: dict) -> dict:
+        """`shadow_base = "served"`: the candidate as the probes left it, or its added tensors
+        laid over the served model as it stands now (which trained with more clients
+        meanwhile), whichever has the lower validation loss."""
+        rebased = overlay(state, self.state)
+        own = self.evaluate("validation", g.spec, state)[1]
+        return rebased if self.evaluate("validation", g.spec, rebased)[1] <= own else state
