@@ -530,7 +530,36 @@ def single_configuration(analysis: list[dict], settings: list[str]) -> list[str]
     ]
 
 
-def markdown(analysis: list[dict], results: list[dict]) -> str:
+def swing(rows: list[dict], column: str) -> float | None:
+    """The served reading's mean absolute change from one evaluation to the next over the
+    run's last two thirds (after the first climb): how much a model that is handed out
+    moves under client sampling and drift, and so how long it takes to hold a target."""
+    ys = [y for _, y in served_curve(rows, column)]
+    tail = ys[len(ys) // 3 :]
+    steps = [abs(b - a) for a, b in zip(tail, tail[1:])]
+    return statistics.mean(steps) if steps else None
+
+
+def swing_table(results: list[dict], settings: list[str], column: str | None) -> list[str]:
+    """`swing` of every run, one row per setting and seed."""
+    methods_in = list(dict.fromkeys(r["method"] for r in results))
+    lines = [
+        "Round-to-round swing of each run's served reading (mean absolute change over its "
+        "last two thirds; a run that swings takes longer to hold a target):",
+        "",
+        "| setting, seed | " + " | ".join(methods_in) + " |",
+        "|" + "---|" * (len(methods_in) + 1),
+    ]
+    for setting in settings:
+        col = column_of(setting, column)
+        for seed in sorted({r["seed"] for r in results if r["setting"] == setting}):
+            by = {r["method"]: r for r in results if r["setting"] == setting and r["seed"] == seed}
+            vals = [_fmt(swing(by[m]["rows"], col) if m in by else None, ".3f") for m in methods_in]
+            lines.append(f"| {setting}, s{seed} | " + " | ".join(vals) + " |")
+    return lines
+
+
+def markdown(analysis: list[dict], results: list[dict], column: str | None = None) -> str:
     """The summary tables: AutoFedNLP against the best fixed configuration per target (mean
     and spread over seeds), with the cache and, when the grid also ran without it, without;
     then every method's time to each target per seed."""
@@ -571,6 +600,7 @@ def markdown(analysis: list[dict], results: list[dict]) -> str:
                         v += " (partial)"
                     vals.append(v)
                 lines.append(f"| {setting}, s{seed} | {tgt:.3f} | " + " | ".join(vals) + " |")
+    lines += ["", *swing_table(results, settings, column)]
     capped = [
         r
         for r in results
@@ -730,7 +760,7 @@ def write_outputs(results: list[dict], args: argparse.Namespace, out: Path) -> s
     results = within_budget(results)
     fractions = tuple(float(f) for f in args.fractions.split(","))
     analysis = analyse(results, args.hold, args.column, args.targets_from, fractions)
-    table = markdown(analysis, results)
+    table = markdown(analysis, results, args.column)
     (out / "table.md").write_text(table + "\n")
     if analysis:
         with open(out / "results.csv", "w", newline="") as f:

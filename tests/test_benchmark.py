@@ -300,3 +300,16 @@ def test_the_best_single_configuration_over_the_seeds_is_its_own_table():
     assert "| a1-100 | 90% | d1: 1.25 | **0.92** | 0.50; 1.33 |" in table
     one_seed = tta.analyse(results[:3], hold=2, column=None, fractions=(0.9,))
     assert "best single fixed configuration" not in tta.markdown(one_seed, results[:3])
+
+
+def test_each_run_s_swing_is_reported():
+    """The mean absolute change between consecutive served readings over the last two
+    thirds: a steady run reads 0, one that alternates by 0.1 reads 0.1."""
+    results = [
+        _run("steady", "fixed", [0.5, 0.9, 0.9, 0.9, 0.9, 0.9]),
+        _run("swings", "fixed", [0.5, 0.9, 0.8, 0.9, 0.8, 0.9], served=[(4, 0.2)]),
+    ]
+    assert tta.swing(results[0]["rows"], "val_accuracy") == 0.0
+    assert tta.swing(results[1]["rows"], "val_accuracy") == pytest.approx(0.1)
+    analysis = tta.analyse(results, hold=2, column=None, fractions=(0.9,))
+    assert "| a1-100, s0 | 0.000 | 0.100 |" in tta.markdown(analysis, results)
