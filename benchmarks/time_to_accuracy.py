@@ -484,7 +484,7 @@ def single_configuration(analysis: list[dict], settings: list[str]) -> list[str]
     lines: list[str] = []
     for setting in settings:
         cells = [a for a in analysis if a["setting"] == setting]
-        seeds = sorted({a["seed"] for a in cells})
+        seeds = sorted({a["seed"] for a in cells if a["family"] == "fixed"})
         if len(seeds) < 2:
             continue
         for frac in sorted({a["fraction"] for a in cells}):
@@ -535,6 +535,8 @@ def swing(rows: list[dict], column: str) -> float | None:
     run's last two thirds (after the first climb): how much a model that is handed out
     moves under client sampling and drift, and so how long it takes to hold a target."""
     ys = [y for _, y in served_curve(rows, column)]
+    if len(ys) < 3:
+        return None  # nothing after the first climb
     tail = ys[len(ys) // 3 :]
     steps = [abs(b - a) for a, b in zip(tail, tail[1:])]
     return statistics.mean(steps) if steps else None

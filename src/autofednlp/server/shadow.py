@@ -10,8 +10,10 @@ growth's dip (RESULTS.md, tenth measurement: on the tweets d=2 grown from the he
 15% of the budget reached d=2's ceiling; grown at the plateau it did not).
 
 So the first shadow trial starts early, after the run's first served round, and lets the probes
-carry each candidate from its own weights, probe round after probe round, for up to
-`shadow_rounds`, while the other clients train the served model at its own pace. After each
+carry each candidate from its own weights (or, with `shadow_base = "served"`, from whichever of
+those and its added tensors over the served model reads the lower validation loss), probe round
+after probe round, for up to `shadow_rounds`, while the other clients train the served model at
+its own pace. After each
 probe round the candidate is compared with the served model as it stands at that simulated
 moment, paired over the validation samples. Both had the same clock, so the candidate's slower
 rounds need no price: it has already paid for them in rounds it did not get. It replaces the
@@ -81,7 +83,10 @@ class ShadowTrials:
     def _nearer_served(self, g, state: dict) -> dict:
         """`shadow_base = "served"`: the candidate as the probes left it, or its added tensors
         laid over the served model as it stands now (which trained with more clients
-        meanwhile), whichever has the lower validation loss."""
+        meanwhile), whichever has the lower validation loss. The paired test then reads the
+        same validation samples, so picking the better of the two favours the candidate a
+        little; the z of the adoptions measured (15-24, RESULTS.md, thirteenth measurement)
+        is far beyond what that choice can add."""
         rebased = overlay(state, self.state)
         own = self.evaluate("validation", g.spec, state)[1]
         return rebased if self.evaluate("validation", g.spec, rebased)[1] <= own else state
