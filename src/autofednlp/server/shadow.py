@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, overlay, pick_paired
+from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, pick_paired
 
 
 class ShadowTrials:
@@ -87,6 +87,5 @@ class ShadowTrials:
         same validation samples, so picking the better of the two favours the candidate a
         little; the z of the adoptions measured (15-24, RESULTS.md, thirteenth measurement)
         is far beyond what that choice can add."""
-        rebased = overlay(state, self.state)
-        own = self.evaluate("validation", g.spec, state)[1]
-        return rebased if self.evaluate("validation", g.spec, rebased)[1] <= own else state
+        g.state = state
+        return self._continue_from(g)[0]  # the same choice a winner's weights get
