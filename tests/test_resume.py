@@ -96,6 +96,12 @@ ROBUST = [
             "strategy.shadow_rounds=2",
             "federation.rounds=12",
         ],
+        [  # the served moving average is checkpointed and restarts at a new configuration
+            *ROBUST,
+            'strategy.trial_pace="background"',
+            "federation.served_ema=0.5",
+            "federation.rounds=10",
+        ],
         [  # noise RNG, privacy ledger and server optimizer state are checkpointed
             "strategy.name=fixed",
             "tune.depth=1",
@@ -121,6 +127,7 @@ ROBUST = [
         "autofed-robust",
         "robust-background",
         "robust-shadow",
+        "robust-served-ema",
         "fixed-dp-fedadam",
         "robust-dp-fedavgm",
     ],

@@ -256,6 +256,15 @@ class FederationConfig:
         "evaluations in a row the served model must hold the target for it to count as "
         "reached (1 = the first reading; more keeps one lucky round from counting)",
     )
+    served_ema: float = _f(
+        0.0,
+        "the served model (what is evaluated on validation, counts for time to target, is "
+        "tested and exported) is an exponential moving average, with this decay, of the "
+        "current configuration's global weights after each round (Polyak averaging: it damps "
+        "the round-to-round swing of a few sampled clients under label skew); clients always "
+        "train from the latest global weights; it restarts when AutoFedNLP changes the "
+        "configuration. 0 = the latest global weights",
+    )
     stop_at_target: bool = _f(False, "end the run as soon as the target is reached (and held)")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
     round_timeout_s: float = _f(0.0, "wall-clock seconds to wait for replies; 0 = no limit")
@@ -282,6 +291,9 @@ class FederationConfig:
             "must be in (0, 1]",
         )
         _check_min(self, "federation", 0, "num_cpus_per_client", strict=True)
+        _check(
+            0 <= self.served_ema < 1, "federation.served_ema", self.served_ema, "must be in [0, 1)"
+        )
         _check_choice("federation.engine", self.engine, ENGINES)
         _check_choice("federation.target_metric", self.target_metric, TARGET_METRICS)
 
@@ -654,6 +666,15 @@ class ExperimentConfig:
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
             lent = self.strategy.trial_pace in ("background", "shadow")
+            if self.federation.served_ema > 0:
+                _check(
+                    self.strategy.trials == "robust" and lent and not self.strategy.plateau_rounds,
+                    "federation.served_ema",
+                    self.federation.served_ema,
+                    "AutoFedNLP serves a moving average only with strategy.trials = robust, "
+                    "trial_pace background or shadow and plateau_rounds = 0 (the others serve "
+                    "a trial group's weights)",
+                )
             if self.strategy.trials == "robust" and lent:
                 per_round = self.federation.clients_per_round
                 _check(

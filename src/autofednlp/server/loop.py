@@ -133,6 +133,8 @@ class FederatedRun:
         self._models: dict[TuneSpec, EncoderClassifier] = {}
         self._init_states: dict[TuneSpec, dict[str, torch.Tensor]] = {}
         self.state = self.initial_state(self.spec)
+        # federation.served_ema: (configuration, moving average of its global weights)
+        self._served: tuple[TuneSpec, dict[str, torch.Tensor]] | None = None
         self.shape = model_shape(
             cfg.model.name,
             data.num_labels,
@@ -177,6 +179,9 @@ class FederatedRun:
                 "next_round": next_round,
                 "spec": dataclasses.asdict(self.spec),
                 "state": self.state,
+                "served": None
+                if self._served is None
+                else {"spec": dataclasses.asdict(self._served[0]), "state": self._served[1]},
                 "clock": self.clock.state(),
                 "client_info": self.client_info,
                 "rng": self.rng.getstate(),
@@ -194,6 +199,8 @@ class FederatedRun:
         self.next_round = ckpt["next_round"]
         self.spec = TuneSpec(**ckpt["spec"])
         self.state = ckpt["state"]
+        served = ckpt.get("served")
+        self._served = None if served is None else (TuneSpec(**served["spec"]), served["state"])
         for k, v in ckpt["clock"].items():
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
@@ -231,6 +238,29 @@ class FederatedRun:
         self.model_for(spec)
         return self._init_states[spec]
 
+    def served_state(self) -> dict[str, torch.Tensor]:
+        """The weights the server hands out (validation readings, time to target, test, export):
+        the latest global ones, or with `federation.served_ema` their moving average over the
+        current configuration's rounds."""
+        if self._served is not None and self._served[0] == self.spec:
+            return self._served[1]
+        return self.state
+
+    def fold_served(self) -> None:
+        """Fold the latest global weights into the served moving average
+        (`federation.served_ema`), which restarts from them after a change of configuration."""
+        decay = self.cfg.federation.served_ema
+        if decay <= 0:
+            return
+        if self._served is None or self._served[0] != self.spec:
+            self._served = (self.spec, dict(self.state))
+            return
+        avg = self._served[1]
+        self._served = (
+            self.spec,
+            {k: torch.lerp(avg[k], v, 1.0 - decay) for k, v in self.state.items()},
+        )
+
     def sample(self, k: int, exclude: set[int] = frozenset()) -> list[int]:
         available = sorted(set(self.transport.available_partitions()) - set(exclude))
         return sorted(self.rng.sample(available, min(k, len(available))))
@@ -258,10 +288,11 @@ class FederatedRun:
         state: dict | None = None,
         per_sample: bool = False,
     ) -> EvalResult:
-        """The evaluation itself; `per_sample` adds each sample's loss (paired comparisons)."""
+        """The evaluation itself (by default of the served model); `per_sample` adds each
+        sample's loss (paired comparisons)."""
         spec = spec or self.spec
         model = self.model_for(spec)
-        load_trainable(model, self.state if state is None else state)
+        load_trainable(model, self.served_state() if state is None else state)
         data = getattr(self.data, split)
         boundary = spec.boundary(model.num_layers)
         features, rt = None, self.runtime
@@ -450,6 +481,7 @@ class FederatedRun:
             clients = self.sample(fed.clients_per_round)
             (res,) = self.train_groups(r, [(self.spec, self.state, clients)])
             self.state = res.state
+            self.fold_served()
             self.clock.advance(res.cost)
             row = self.round_row(r, self.spec, res)
             row["served"] = True
@@ -506,11 +538,12 @@ class FederatedRun:
             **({"privacy": self.ledger.summary()} if self.ledger else {}),
             **(extra or {}),
         }
-        torch.save(self.state, self.recorder.run_dir / "trainable_state.pt")
+        served = self.served_state()
+        torch.save(served, self.recorder.run_dir / "trainable_state.pt")
         # exported from the CPU, so that the files load on any machine
         model = self.model_for(self.spec).to("cpu")
         del self._models[self.spec]  # no longer on the runtime's device
-        load_trainable(model, self.state)
+        load_trainable(model, served)
         export_model(
             model,
             self.spec,

@@ -137,6 +137,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             clients = self.sample(self.cfg.federation.clients_per_round)
         (res,) = self.train_groups(server_round, [(self.spec, self.state, clients)])
         self.state = res.state
+        self.fold_served()
         self.clock.advance(res.cost)
         metrics = self.evaluate_metrics("validation")
         self._record_round(server_round, self.spec, res, metrics, **row, served=True)

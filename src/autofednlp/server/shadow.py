@@ -64,7 +64,7 @@ class ShadowTrials:
                 break  # the run ends before this probe round's results are in
             probe_rounds += 1
             # keep is the served model as it stands now, not keep trained on the probes
-            served = self.evaluate_result("validation", self.spec, self.state, per_sample=True)
+            served = self.evaluate_result("validation", per_sample=True)
             keep.accuracies.append(served.metrics[self.metric])
             losses[keep.name].append(served.sample_losses)
             for g, res in zip(candidates, results):

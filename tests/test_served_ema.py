@@ -1,0 +1,119 @@
+"""`federation.served_ema`: the server hands out a moving average of the global weights, on the
+tiny in-code BERT. Clients still train from the latest global weights."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from small_run import small_config
+from test_robust_trials import _lent_run
+
+from autofednlp.config import ConfigError, load_config
+
+
+def _fixed_run(tiny_model_dir, tmp_path, name, decay, spy=None):
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = small_config(
+        tiny_model_dir,
+        tmp_path,
+        "federation.rounds=4",
+        "tune.depth=1",
+        "tune.width=8",
+        f"federation.served_ema={decay}",
+    )
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False)
+    if spy is not None:
+        fold = run.fold_served
+
+        def recording_fold():
+            spy.append({k: v.clone() for k, v in run.state.items()})
+            fold()
+
+        run.fold_served = recording_fold
+    summary = run.run()
+    return run, summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))
+
+
+def test_the_served_model_is_the_moving_average_and_training_is_unchanged(tiny_model_dir, tmp_path):
+    """Each round's global weights fold into the average; the readings, the test metrics and
+    the saved weights are the average's; clients train exactly as without it."""
+    globals_: list[dict] = []
+    run, summary, rows = _fixed_run(tiny_model_dir, tmp_path, "ema", 0.5, globals_)
+    _, plain_summary, plain_rows = _fixed_run(tiny_model_dir, tmp_path, "plain", 0.0)
+
+    assert len(globals_) == 4
+    expected = dict(globals_[0])
+    for g in globals_[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * g[k] for k in g}
+    saved = torch.load(tmp_path / "ema" / "trainable_state.pt")
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-6) for k in expected)
+    # the raw weights go on training: the checkpoint holds the last global weights
+    assert all(torch.equal(run.state[k], globals_[-1][k]) for k in expected)
+    assert not all(torch.allclose(saved[k], run.state[k]) for k in expected)
+    # same training (same clients, same losses), different served readings
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in plain_rows]
+    assert rows[0]["val_loss"] == plain_rows[0]["val_loss"]  # round 1: the average is one model
+    assert [r["val_loss"] for r in rows[1:]] != [r["val_loss"] for r in plain_rows[1:]]
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(summary["final_val_accuracy"])
+    acc, loss = run.evaluate("validation", run.spec, expected)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_average_restarts_when_the_configuration_changes(tiny_model_dir, tmp_path):
+    from autofednlp.model.kinds import TuneSpec
+
+    run, _, _ = _fixed_run(tiny_model_dir, tmp_path, "r", 0.5)
+    old = run.served_state()
+    assert old is not run.state
+    grown_spec = TuneSpec(run.spec.kind, run.spec.depth + 1, run.spec.width)
+    run.spec, run.state = grown_spec, run.initial_state(grown_spec)
+    # before the new configuration's first fold, the server hands out its weights as they are
+    assert run.served_state() is run.state
+    run.fold_served()
+    assert all(torch.equal(run.served_state()[k], run.state[k]) for k in run.state)
+
+
+def test_robust_trials_serve_the_average_and_judge_against_it(tiny_model_dir, tmp_path):
+    """Background trials with a served average: every served reading is the average's, and
+    the run's saved weights are what it served last."""
+    run, summary, rows = _lent_run(
+        tiny_model_dir,
+        tmp_path,
+        "bg",
+        "federation.rounds=8",
+        'strategy.trial_pace="background"',
+        "federation.served_ema=0.6",
+    )
+    assert summary["trials"] >= 1
+    served = [r for r in rows if r["served"] == "True"]
+    assert len(served) == 8
+    saved = torch.load(tmp_path / "bg" / "trainable_state.pt")
+    assert all(torch.equal(saved[k], run.served_state()[k]) for k in saved)
+    assert float(served[-1]["val_loss"]) == pytest.approx(
+        run.evaluate("validation", run.spec, saved)[1], rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["federation.served_ema=1.0"], "must be in \\[0, 1\\)"),
+        (["federation.served_ema=-0.1"], "must be in \\[0, 1\\)"),
+        (
+            ["strategy.name=autofed", 'strategy.trial_pace="keep"', "federation.served_ema=0.5"],
+            "federation.served_ema.*trial_pace background or shadow",
+        ),
+        (
+            ["strategy.name=autofed", 'strategy.trials="published"', "federation.served_ema=0.5"],
+            "federation.served_ema.*strategy.trials = robust",
+        ),
+    ],
+)
+def test_bad_served_ema_is_refused_naming_the_key(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, extra)
