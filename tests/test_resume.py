@@ -96,7 +96,7 @@ ROBUST = [
             "strategy.shadow_rounds=2",
             "federation.rounds=12",
         ],
-        [  # the served moving average is checkpointed and restarts at a new configuration
+        [  # the served moving average is checkpointed beside the latest global weights
             *ROBUST,
             'strategy.trial_pace="background"',
             "federation.served_ema=0.5",

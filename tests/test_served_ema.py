@@ -8,7 +8,6 @@ import csv
 import pytest
 import torch
 from small_run import small_config
-from test_robust_trials import _lent_run
 
 from autofednlp.config import ConfigError, load_config
 
@@ -78,25 +77,58 @@ def test_the_average_restarts_when_the_configuration_changes(tiny_model_dir, tmp
     assert all(torch.equal(run.served_state()[k], run.state[k]) for k in run.state)
 
 
-def test_robust_trials_serve_the_average_and_judge_against_it(tiny_model_dir, tmp_path):
-    """Background trials with a served average: every served reading is the average's, and
-    the run's saved weights are what it served last."""
-    run, summary, rows = _lent_run(
-        tiny_model_dir,
-        tmp_path,
-        "bg",
-        "federation.rounds=8",
-        'strategy.trial_pace="background"',
-        "federation.served_ema=0.6",
-    )
-    assert summary["trials"] >= 1
+def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A shadow trial with a served average: every served reading (and the served side of each
+    paired look) is the average's of the global weights folded so far; a clearly better
+    candidate (mocked evidence) is adopted and the average restarts from its weights."""
+    from test_shadow_trials import _continue_from, _shadow_run
+
+    import autofednlp.server.robust as robust
+    from autofednlp.server.loop import FederatedRun
+    from autofednlp.server.policies import PairedEvidence
+
+    looks: list[float] = []  # the served model's accuracy at each paired look
+
+    def evidence(name, keep_losses, cand_losses, keep_acc, cand_acc):
+        looks.append(keep_acc[-1])
+        return PairedEvidence(name, 0.02, 0.01, 0.6, 0.5)  # clearly better: wins
+
+    monkeypatch.setattr(robust, "paired_evidence", evidence)
+    _continue_from(monkeypatch, {}, no_worse=True)
+    folds: list = []  # (configuration, global weights) at each fold
+    fold = FederatedRun.fold_served
+
+    def recording_fold(self):
+        folds.append((self.spec, {k: v.clone() for k, v in self.state.items()}))
+        fold(self)
+
+    monkeypatch.setattr(FederatedRun, "fold_served", recording_fold)
+    run, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "w", "federation.served_ema=0.6")
+
+    assert summary["trajectory"][0]["winner"] == "deeper"
+    assert [s.depth for s, _ in folds][0] == 0 and folds[-1][0].depth == 1
     served = [r for r in rows if r["served"] == "True"]
-    assert len(served) == 8
-    saved = torch.load(tmp_path / "bg" / "trainable_state.pt")
-    assert all(torch.equal(saved[k], run.served_state()[k]) for k in saved)
-    assert float(served[-1]["val_loss"]) == pytest.approx(
-        run.evaluate("validation", run.spec, saved)[1], rel=1e-5
-    )
+    assert len(served) == len(folds)
+    averages, avg, spec = [], None, None
+    for s, weights in folds:
+        if s != spec:  # a new configuration: the average restarts from its weights
+            avg, spec = dict(weights), s
+        else:
+            avg = {k: 0.6 * avg[k] + 0.4 * w for k, w in weights.items()}
+        averages.append((s, avg))
+    for row, (s, avg) in zip(served, averages):
+        assert row["config"] == s.label()
+        assert float(row["val_loss"]) == pytest.approx(
+            run.evaluate("validation", s, avg)[1], rel=1e-5
+        )
+    # the trial's looks compare with the served average of that moment
+    by_round = {r["round"]: float(r["val_accuracy"]) for r in served}
+    probe_ends = [r["round"] for r in rows if r["group"] == "deeper"]
+    assert looks == pytest.approx([by_round[r] for r in probe_ends])
+    saved = torch.load(tmp_path / "w" / "trainable_state.pt")
+    assert all(torch.allclose(saved[k], averages[-1][1][k], atol=1e-6) for k in saved)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +138,11 @@ def test_robust_trials_serve_the_average_and_judge_against_it(tiny_model_dir, tm
         (["federation.served_ema=-0.1"], "must be in \\[0, 1\\)"),
         (
             ["strategy.name=autofed", 'strategy.trial_pace="keep"', "federation.served_ema=0.5"],
-            "federation.served_ema.*trial_pace background or shadow",
+            "federation.served_ema.*trial_pace background",
+        ),
+        (
+            ["strategy.name=autofed", "strategy.plateau_rounds=2", "federation.served_ema=0.5"],
+            "federation.served_ema.*plateau_rounds = 0",
         ),
         (
             ["strategy.name=autofed", 'strategy.trials="published"', "federation.served_ema=0.5"],

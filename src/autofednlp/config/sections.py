@@ -668,12 +668,14 @@ class ExperimentConfig:
             lent = self.strategy.trial_pace in ("background", "shadow")
             if self.federation.served_ema > 0:
                 _check(
-                    self.strategy.trials == "robust" and lent and not self.strategy.plateau_rounds,
+                    self.strategy.trials == "robust"
+                    and lent
+                    and not (self.strategy.plateau_rounds and self.strategy.trial_pace != "shadow"),
                     "federation.served_ema",
                     self.federation.served_ema,
                     "AutoFedNLP serves a moving average only with strategy.trials = robust, "
-                    "trial_pace background or shadow and plateau_rounds = 0 (the others serve "
-                    "a trial group's weights)",
+                    "trial_pace background (plateau_rounds = 0) or shadow (the others serve a "
+                    "trial group's weights)",
                 )
             if self.strategy.trials == "robust" and lent:
                 per_round = self.federation.clients_per_round

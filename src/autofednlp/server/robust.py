@@ -390,7 +390,8 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
 
     def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str, float]:
         """A background trial's winner continues from its probes' weights or from its added
-        tensors on the served model's (which kept training meanwhile, with more clients),
+        tensors on the served configuration's latest global weights (which kept training
+        meanwhile, with more clients; never the served average of `federation.served_ema`),
         whichever has the lower validation loss: (weights, which, that loss)."""
         options = {"probe": winner.state, "served trunk": overlay(winner.state, self.state)}
         loss = {k: self.evaluate("validation", winner.spec, v)[1] for k, v in options.items()}

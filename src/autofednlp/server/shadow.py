@@ -82,8 +82,8 @@ class ShadowTrials:
 
     def _nearer_served(self, g, state: dict) -> dict:
         """`shadow_base = "served"`: the candidate as the probes left it, or its added tensors
-        laid over the served model as it stands now (which trained with more clients
-        meanwhile), whichever has the lower validation loss. The paired test then reads the
+        laid over the served configuration's latest global weights (which trained with more
+        clients meanwhile), whichever has the lower validation loss. The paired test then reads the
         same validation samples, so picking the better of the two favours the candidate a
         little; the z of the adoptions measured (15-24, RESULTS.md, thirteenth measurement)
         is far beyond what that choice can add."""
