@@ -199,3 +199,39 @@ def test_a_served_base_shadow_lays_its_added_tensors_over_the_served_model(
         if i + 1 < len(starts):  # the next probe round starts from the chosen weights
             assert all(torch.equal(starts[i + 1][k], chosen[k]) for k in own)
     assert rebased_any  # the served model trains with more clients: its base reads better
+
+
+def test_sample_errors_are_the_target_metrics_per_sample_terms():
+    """A class is wrong (1) or right (0); a tagged sentence scores its share of labelled tokens
+    tagged wrong, ignoring unlabelled positions (0 for a sentence with none)."""
+    from autofednlp.model.tasks import IGNORE, make_task
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    errors = make_task("classification").sample_errors(logits, torch.tensor([0, 0, 1]))
+    assert errors.tolist() == [0.0, 1.0, 1.0]
+    # tags: argmax per token; sentence 1 gets 1 of 3 labelled tokens wrong, sentence 2 has none
+    tag_logits = torch.tensor(
+        [[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0], [1, 0], [1, 0]]]
+    ).float()
+    labels = torch.tensor([[1, 0, 1, IGNORE], [IGNORE, IGNORE, IGNORE, IGNORE]])
+    errors = make_task("tagging").sample_errors(tag_logits, labels)
+    assert errors.tolist() == pytest.approx([1 / 3, 0.0])
+
+
+def test_a_metric_shadow_pairs_errors_on_the_target_metric(tiny_model_dir, tmp_path):
+    """`shadow_test = "metric"`: each look pairs per-sample errors, so its gain is the share of
+    validation samples the candidate gets right beyond the served model's: exactly its
+    accuracy minus the served accuracy of that look (a loss-based look's gain is not)."""
+    _, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "m", 'strategy.shadow_test="metric"')
+    first = summary["trajectory"][0]
+    assert first["test"] == "metric"
+    ev = first["evidence"]["deeper"]
+    assert "loss_gain" not in ev
+    assert ev["error_gain"] == pytest.approx(ev["accuracy"] - ev["keep_accuracy"], abs=1e-4)
+
+
+def test_shadow_test_must_be_loss_or_metric(tiny_model_dir, tmp_path):
+    from autofednlp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.shadow_test"):
+        _cfg(tiny_model_dir, tmp_path, 'strategy.shadow_test="accuracy"')

@@ -122,6 +122,7 @@ class EvalResult:
     flops: float
     metrics: dict[str, float] = field(default_factory=dict)
     sample_losses: torch.Tensor | None = None  # per sample, in data order (per_sample=True)
+    sample_errors: torch.Tensor | None = None  # per sample, in data order (per_sample=True)
 
 
 @torch.no_grad()
@@ -142,11 +143,12 @@ def evaluate(
     `features`, if given, holds for each batch the hidden states entering layer `boundary`
     (from `frozen_features`), so only the layers above it run. `label_names` (the tag names)
     are needed for entity-level scores. `per_sample` also returns each sample's loss (for
-    paired comparisons of two models on the same samples).
+    paired comparisons of two models on the same samples) and its error on the target
+    metric's terms (`Task.sample_errors`).
     """
     model.eval()
     task = model.task
-    total_loss, counted, flops, outcomes, losses = 0.0, 0, 0.0, [], []
+    total_loss, counted, flops, outcomes, losses, errors = 0.0, 0, 0.0, [], [], []
     for i, start in enumerate(range(0, len(data), batch_size)):
         sl = slice(start, start + batch_size)
         ids, mask = trim_batch(data.input_ids[sl], data.attention_mask[sl])
@@ -160,6 +162,7 @@ def evaluate(
         outcomes += task.outcomes(logits, labels)
         if per_sample:
             losses.append(task.sample_losses(logits, labels).cpu())
+            errors.append(task.sample_errors(logits, labels).cpu())
         flops += eval_flops(shape, spec, len(labels), ids.shape[1])
     names = list(label_names or [str(i) for i in range(model.classifier.out_features)])
     metrics = task.metrics(outcomes, names) if outcomes else {}
@@ -170,6 +173,7 @@ def evaluate(
         flops,
         metrics,
         torch.cat(losses) if losses else None,
+        torch.cat(errors) if errors else None,
     )
 
 

@@ -51,6 +51,7 @@ CANDIDATE_POLICIES = ("upgrade", "upgrade-joint")
 TRIAL_POLICIES = ("robust", "published")
 TRIAL_PACES = ("keep", "place", "slowest", "background", "shadow")
 SHADOW_BASES = ("own", "served")
+SHADOW_TESTS = ("loss", "metric")
 TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
@@ -378,6 +379,14 @@ class StrategyConfig:
         " as they stand at that moment (trained meanwhile with more clients), whichever has the"
         " lower validation loss",
     )
+    shadow_test: str = _f(
+        "loss",
+        "robust, trial_pace = shadow: what each look pairs over the validation samples. loss: "
+        "the per-sample validation loss (a more confident model at equal accuracy wins too). "
+        "metric: the per-sample error on the target metric's terms (a wrong class; a tagged "
+        "sentence's share of tokens tagged wrong), so a candidate wins only by getting more "
+        "samples right",
+    )
     trial_probes: int = _f(
         0,
         "robust, trial_pace = background or shadow: clients per probe round, taken from "
@@ -460,6 +469,7 @@ class StrategyConfig:
             ("trial_pace", TRIAL_PACES),
             ("trial_judge", TRIAL_JUDGES),
             ("shadow_base", SHADOW_BASES),
+            ("shadow_test", SHADOW_TESTS),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = (

@@ -67,6 +67,16 @@ class Task:
             return per
         return per.sum(-1) / (labels != IGNORE).sum(-1).clamp(min=1)
 
+    def sample_errors(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each sample's error on the target metric's terms: 1 for a wrong class, 0 for a
+        right one; a tagged sentence's share of labelled tokens tagged wrong (0 if none), the
+        per-sentence part of entity F1 that a paired comparison can average. Lower is better,
+        as with `sample_losses`."""
+        wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
+        if wrong.dim() == 1:
+            return wrong.float()
+        return wrong.sum(-1).float() / (labels != IGNORE).sum(-1).clamp(min=1)
+
     def outcomes(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
         """Per sample, (predicted, gold) in the form `metrics` takes."""
         raise NotImplementedError

@@ -224,6 +224,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             probes=n_probe,
             plateau=plateau_by is not None,
             shadow=shadow,
+            test=st.shadow_test if shadow else "loss",
             plateau_by=plateau_by,
             served_loss_rate=round(rate, 6),
             served_loss_rate_se=round(rate_se, 6),
@@ -345,7 +346,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         g.state = res.state
         ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
         g.accuracies.append(ev.metrics[self.metric])
-        losses[g.name].append(ev.sample_losses + penalty)
+        losses[g.name].append(self._judged(ev) + penalty)
         metrics = {**ev.metrics, "loss": ev.loss}
         self._record_round(
             server_round, g.spec, res, metrics, trial=trial, group=name, served=served
@@ -401,7 +402,13 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
     def _entry(
         self, trial: int, groups: list, winner: Group, early: bool, rounds: int, evidence: list
     ) -> dict[str, Any]:
-        """The trajectory's record of a decided trial."""
+        """The trajectory's record of a decided trial. A look pairs per-sample losses
+        (`loss_gain`) or, under a shadow with `shadow_test = "metric"`, per-sample errors on the
+        target metric's terms (`error_gain`: the share of samples the candidate gets right
+        beyond the served model's)."""
+        st = self.cfg.strategy
+        metric = st.trial_pace == "shadow" and st.shadow_test == "metric"
+        gain_key = "error_gain" if metric else "loss_gain"
         return {
             "trial": trial,
             "winner": winner.name,
@@ -415,7 +422,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             "groups": {g.name: g.spec.label() for g in groups},
             "evidence": {
                 e.name: {
-                    "loss_gain": round(e.gain, 5),
+                    gain_key: round(e.gain, 5),
                     "stderr": round(e.stderr, 5),
                     "z": round(e.gain / e.stderr, 2) if e.stderr > 0 else None,
                     "accuracy": round(e.accuracy, 4),

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, pick_paired
 
 
@@ -66,7 +68,7 @@ class ShadowTrials:
             # keep is the served model as it stands now, not keep trained on the probes
             served = self.evaluate_result("validation", per_sample=True)
             keep.accuracies.append(served.metrics[self.metric])
-            losses[keep.name].append(served.sample_losses)
+            losses[keep.name].append(self._judged(served))
             for g, res in zip(candidates, results):
                 if st.shadow_base == "served":
                     res = dataclasses.replace(res, state=self._nearer_served(g, res.state))
@@ -79,6 +81,16 @@ class ShadowTrials:
                 break
         early = pick is not None and probe_rounds < st.shadow_rounds
         return server_round, rounds, probe_rounds, early, pick, evidence
+
+    def _judged(self, ev) -> torch.Tensor:
+        """What a look pairs of an evaluation (`strategy.shadow_test`): each sample's
+        validation loss, or under a shadow with `metric` its error on the target metric's
+        terms. A loss-based look also rewards a more confident model at equal accuracy: on BBC
+        News (alpha 0.5, seed 0, RESULTS.md fourteenth measurement) it adopted d=2 at z 23
+        where the head was as accurate and fixed d=2 the slower to every target."""
+        if self.cfg.strategy.trial_pace == "shadow" and self.cfg.strategy.shadow_test == "metric":
+            return ev.sample_errors
+        return ev.sample_losses
 
     def _nearer_served(self, g, state: dict) -> dict:
         """`shadow_base = "served"`: the candidate as the probes left it, or its added tensors
