@@ -224,7 +224,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             probes=n_probe,
             plateau=plateau_by is not None,
             shadow=shadow,
-            test=st.shadow_test if shadow else "loss",
+            test="metric" if self._pairs_errors() else "loss",
             plateau_by=plateau_by,
             served_loss_rate=round(rate, 6),
             served_loss_rate_se=round(rate_se, 6),
@@ -406,9 +406,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         (`loss_gain`) or, under a shadow with `shadow_test = "metric"`, per-sample errors on the
         target metric's terms (`error_gain`: the share of samples the candidate gets right
         beyond the served model's)."""
-        st = self.cfg.strategy
-        metric = st.trial_pace == "shadow" and st.shadow_test == "metric"
-        gain_key = "error_gain" if metric else "loss_gain"
+        gain_key = "error_gain" if self._pairs_errors() else "loss_gain"
         return {
             "trial": trial,
             "winner": winner.name,

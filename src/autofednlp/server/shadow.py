@@ -88,9 +88,12 @@ class ShadowTrials:
         terms. A loss-based look also rewards a more confident model at equal accuracy: on BBC
         News (alpha 0.5, seed 0, RESULTS.md fourteenth measurement) it adopted d=2 at z 23
         where the head was as accurate and fixed d=2 the slower to every target."""
-        if self.cfg.strategy.trial_pace == "shadow" and self.cfg.strategy.shadow_test == "metric":
-            return ev.sample_errors
-        return ev.sample_losses
+        return ev.sample_errors if self._pairs_errors() else ev.sample_losses
+
+    def _pairs_errors(self) -> bool:
+        """Whether the looks pair per-sample errors (a shadow with `shadow_test = "metric"`)."""
+        st = self.cfg.strategy
+        return st.trial_pace == "shadow" and st.shadow_test == "metric"
 
     def _nearer_served(self, g, state: dict) -> dict:
         """`shadow_base = "served"`: the candidate as the probes left it, or its added tensors
