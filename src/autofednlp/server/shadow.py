@@ -85,9 +85,9 @@ class ShadowTrials:
     def _judged(self, ev) -> torch.Tensor:
         """What a look pairs of an evaluation (`strategy.shadow_test`): each sample's
         validation loss, or under a shadow with `metric` its error on the target metric's
-        terms. A loss-based look also rewards a more confident model at equal accuracy: on BBC
-        News (alpha 0.5, seed 0, RESULTS.md fourteenth measurement) it adopted d=2 at z 23
-        where the head was as accurate and fixed d=2 the slower to every target."""
+        terms, which a more confident model at equal accuracy does not win. On BBC News
+        (alpha 0.5, RESULTS.md fifteenth measurement) both made the same decisions: early in a
+        run the deeper candidate is ahead on accuracy too."""
         return ev.sample_errors if self._pairs_errors() else ev.sample_losses
 
     def _pairs_errors(self) -> bool:
