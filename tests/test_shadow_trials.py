@@ -222,7 +222,9 @@ def test_a_metric_shadow_pairs_errors_on_the_target_metric(tiny_model_dir, tmp_p
     """`shadow_test = "metric"`: each look pairs per-sample errors, so its gain is the share of
     validation samples the candidate gets right beyond the served model's: exactly its
     accuracy minus the served accuracy of that look (a loss-based look's gain is not)."""
-    _, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "m", 'strategy.shadow_test="metric"')
+    _, summary, _ = _shadow_run(
+        tiny_model_dir, tmp_path, "m", "federation.rounds=6", 'strategy.shadow_test="metric"'
+    )
     first = summary["trajectory"][0]
     assert first["test"] == "metric"
     ev = first["evidence"]["deeper"]
