@@ -86,8 +86,8 @@ class ShadowTrials:
         """What a look pairs of an evaluation (`strategy.shadow_test`): each sample's
         validation loss, or under a shadow with `metric` its error on the target metric's
         terms, which a more confident model at equal accuracy does not win. On BBC News
-        (alpha 0.5, RESULTS.md fifteenth measurement) both made the same decisions: early in a
-        run the deeper candidate is ahead on accuracy too."""
+        (alpha 0.5, RESULTS.md fifteenth measurement) both made the same decisions: the deeper
+        candidate was ahead of the served head on accuracy too."""
         return ev.sample_errors if self._pairs_errors() else ev.sample_losses
 
     def _pairs_errors(self) -> bool:
