@@ -237,3 +237,68 @@ def test_shadow_test_must_be_loss_or_metric(tiny_model_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="strategy.shadow_test"):
         _cfg(tiny_model_dir, tmp_path, 'strategy.shadow_test="accuracy"')
+
+
+def test_pick_paired_with_a_second_reference_needs_both_cleared():
+    """A candidate clearly better than keep but not than the second reference (a shadow's
+    control) does not win; among those that clear both, the largest gain over keep wins."""
+    from autofednlp.server.policies import PairedEvidence, pick_paired
+
+    def ev(name, gain):
+        return PairedEvidence(name, gain, 0.01, 0.6, 0.5)
+
+    served = [ev("a", 0.10), ev("b", 0.05)]
+    assert pick_paired(served, 1.64) == 0
+    assert pick_paired(served, 1.64, also=[ev("a", 0.01), ev("b", 0.05)]) == 1
+    assert pick_paired(served, 1.64, also=[ev("a", 0.01), ev("b", -0.2)]) is None
+
+
+def test_a_shadow_control_trains_keeps_configuration_on_the_probes(tiny_model_dir, tmp_path):
+    """`shadow_control`: the probes train the current configuration beside the candidate,
+    every probe round, and the entry records each candidate's evidence against it, read at
+    the trial's last look from the control's own row."""
+    _, summary, rows = _shadow_run(
+        tiny_model_dir,
+        tmp_path,
+        "c",
+        "federation.rounds=8",
+        "strategy.shadow_control=true",
+        'strategy.shadow_base="served"',
+    )
+    first = summary["trajectory"][0]
+    probes = [r for r in _probe_rounds(rows) if r["trial"] == "1"]
+    control = [r for r in probes if r["group"] == "control"]
+    deeper = [r for r in probes if r["group"] == "deeper"]
+    assert len(control) == len(deeper) == first["probe_rounds"] >= 1
+    assert {r["config"] for r in control} == {"bottleneck(d=0,w=8)"}
+    assert [r["clients"] for r in control] == [r["clients"] for r in deeper]  # same probes
+    ev = first["control_evidence"]["deeper"]
+    assert ev["keep_accuracy"] == pytest.approx(float(control[-1]["val_accuracy"]))
+    assert ev["accuracy"] == pytest.approx(float(deeper[-1]["val_accuracy"]))
+
+
+@pytest.mark.parametrize("control_gain, wins", [(0.0, False), (0.05, True)])
+def test_a_shadow_candidate_must_clear_its_control_too(
+    tiny_model_dir, tmp_path, monkeypatch, control_gain, wins
+):
+    """Clearly better than the served model on every look (mocked), a candidate no better
+    than the control trained on the same probes does not win; one clearly better than both
+    wins at its second look."""
+    from autofednlp.server.policies import PairedEvidence
+    from autofednlp.server.robust import RobustAutoFedRun
+
+    def evidence(groups, losses, last):
+        gain = control_gain if groups[0].name == "control" else 0.05
+        return [PairedEvidence(g.name, gain, 0.01, 0.6, 0.5) for g in groups[1:]]
+
+    monkeypatch.setattr(RobustAutoFedRun, "_evidence", staticmethod(evidence))
+    _continue_from(monkeypatch, {}, no_worse=True)
+    run, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "k", "strategy.shadow_control=true")
+    first = summary["trajectory"][0]
+    assert first["control_evidence"]["deeper"]["loss_gain"] == control_gain
+    if wins:
+        assert first["winner"] == "deeper" and first["probe_rounds"] == 2
+        assert run.spec.depth == 1
+    else:
+        assert first["winner"] == "keep" and first["probe_rounds"] == 3
+        assert run.spec.depth == 0

@@ -387,6 +387,15 @@ class StrategyConfig:
         "sentence's share of tokens tagged wrong), so a candidate wins only by getting more "
         "samples right",
     )
+    shadow_control: bool = _f(
+        False,
+        "robust, trial_pace = shadow: the probes also train the current configuration (a "
+        "control, from the served weights at the trial's start, continued like a candidate), "
+        "and a candidate wins only if clearly better than the served model and than the "
+        "control on the same looks. The served model trains with the clients the trial leaves "
+        "it, and under label skew their draw can set it back: the control, trained on the same"
+        " probes as the candidates, tells a candidate's capacity from the probes' draw",
+    )
     trial_probes: int = _f(
         0,
         "robust, trial_pace = background or shadow: clients per probe round, taken from "

@@ -282,10 +282,18 @@ def paired_evidence(
     )
 
 
-def pick_paired(evidence: list[PairedEvidence], z: float) -> int | None:
+def pick_paired(
+    evidence: list[PairedEvidence], z: float, also: list[PairedEvidence] | None = None
+) -> int | None:
     """Index of the candidate that is clearly better than `keep` with the largest mean gain,
-    or None (keep the current configuration): noise alone rarely clears `z` standard errors."""
-    better = [i for i, e in enumerate(evidence) if e.clearly_better(z)]
+    or None (keep the current configuration): noise alone rarely clears `z` standard errors.
+    `also`: the same candidates against a second reference (a shadow's control), which each
+    must clear as well."""
+    better = [
+        i
+        for i, e in enumerate(evidence)
+        if e.clearly_better(z) and (also is None or also[i].clearly_better(z))
+    ]
     return max(better, key=lambda i: (evidence[i].gain, -i)) if better else None
 
 

@@ -181,6 +181,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         (`_plateau`) is a `_plateau_trial` instead; with `trial_pace = "shadow"` every trial
         is a `_shadow_trial`, decided the same way from there on."""
         fed, st = self.cfg.federation, self.cfg.strategy
+        control = None  # a shadow's evidence against its control (shadow_control)
         window = max(3, 2 * st.patience)
         # the rate's standard error is recorded beside it: a z in the trajectory counts only the
         # validation samples' noise, and over a few readings the rate can be mostly noise
@@ -190,7 +191,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         plateau_by = self._plateau(window) if st.plateau_rounds and not shadow else None
         if shadow:
             rate, extra, n_probe = 0.0, {}, lent  # against the served model at that moment
-            server_round, rounds, probe_rounds, early, pick, evidence = self._shadow_trial(
+            server_round, rounds, probe_rounds, early, pick, evidence, control = self._shadow_trial(
                 trial, groups, server_round, stall, n_probe
             )
         elif plateau_by:
@@ -231,6 +232,8 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             extra_s={k: round(v, 5) for k, v in extra.items() if k != groups[0].name},
             continued_from=start,
         )
+        if control is not None:
+            entry["control_evidence"] = self._evidence_record(control)
         if behind:
             entry["behind_served"] = behind
         if pick is None:
@@ -406,7 +409,6 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         (`loss_gain`) or, under a shadow with `shadow_test = "metric"`, per-sample errors on the
         target metric's terms (`error_gain`: the share of samples the candidate gets right
         beyond the served model's)."""
-        gain_key = "error_gain" if self._pairs_errors() else "loss_gain"
         return {
             "trial": trial,
             "winner": winner.name,
@@ -418,16 +420,21 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             "sim_time_s": self.clock.time_s,
             "val_accuracy": winner.accuracies[-1] if winner.accuracies else None,
             "groups": {g.name: g.spec.label() for g in groups},
-            "evidence": {
-                e.name: {
-                    gain_key: round(e.gain, 5),
-                    "stderr": round(e.stderr, 5),
-                    "z": round(e.gain / e.stderr, 2) if e.stderr > 0 else None,
-                    "accuracy": round(e.accuracy, 4),
-                    "keep_accuracy": round(e.keep_accuracy, 4),
-                }
-                for e in evidence
-            },
+            "evidence": self._evidence_record(evidence),
+        }
+
+    def _evidence_record(self, evidence: list) -> dict[str, dict[str, Any]]:
+        """Each candidate's paired evidence as the trajectory records it (`_entry`)."""
+        gain_key = "error_gain" if self._pairs_errors() else "loss_gain"
+        return {
+            e.name: {
+                gain_key: round(e.gain, 5),
+                "stderr": round(e.stderr, 5),
+                "z": round(e.gain / e.stderr, 2) if e.stderr > 0 else None,
+                "accuracy": round(e.accuracy, 4),
+                "keep_accuracy": round(e.keep_accuracy, 4),
+            }
+            for e in evidence
         }
 
     @staticmethod

@@ -13,20 +13,28 @@ So the first shadow trial starts early, after the run's first served round, and 
 carry each candidate from its own weights (or, with `shadow_base = "served"`, from whichever of
 those and its added tensors over the served model reads the lower validation loss), probe round
 after probe round, for up to `shadow_rounds`, while the other clients train the served model at
-its own pace. After each
-probe round the candidate is compared with the served model as it stands at that simulated
-moment, paired over the validation samples. Both had the same clock, so the candidate's slower
-rounds need no price: it has already paid for them in rounds it did not get. It replaces the
-served model once it is better by `confidence_z` standard errors and no worse on the target
-metric, from its second round on (one round's reading is not enough, `EARLY_WIN_ROUNDS`). Each
-look asks which model to hand out *now*, so the bar is the plain one, not the interim look's
-twice: a false positive hands out a model no worse than the served one, and twice the bar held
-back a d=2 candidate on the tweets that read 0.816 against the served 0.782 (validation loss
-0.39 against 0.50: per-sample losses of a more confident model are heavy-tailed). The cost is
+its own pace. After each probe round the candidate is compared with the served model as it
+stands at that simulated moment, paired over the validation samples. Both had the same clock,
+so the candidate's slower rounds need no price: it has already paid for them in rounds it did
+not get. It replaces the served model once it is better by `confidence_z` standard errors and
+no worse on the target metric, from its second round on (one round's reading is not enough,
+`EARLY_WIN_ROUNDS`). Each look asks which model to hand out *now*, so the bar is the plain
+one, not the interim look's twice: a false positive hands out a model no worse than the served
+one, and twice the bar held back a d=2 candidate on the tweets that read 0.816 against the
+served 0.782 (validation loss 0.39 against 0.50: per-sample losses of a more confident model
+are heavy-tailed). The cost is
 the clients the served model lends for the trial's length; so later trials follow the stall
 schedule: a shadow started again right after a growth to d=2 on the tweets (seed 0) lent its
 probes for the rest of the run and lost, and the served d=2 missed a target a fixed d=2
 reached.
+
+With `shadow_control` the probes also carry the current configuration (the control) from the
+served weights at the trial's start, and a candidate must clear the control on the same looks
+too. Under label skew the served model, training with the clients the trial leaves it, can read
+far below what its configuration reaches with every client (RESULTS.md, fifteenth measurement:
+0.51 against a fixed head's 0.80 on BBC News, alpha 0.5, seed 0), and a candidate ahead of it
+then wins on the trial's own cost. Against the control, trained on the same probes' data, only
+the configuration differs.
 """
 
 from __future__ import annotations
@@ -35,7 +43,11 @@ import dataclasses
 
 import torch
 
+from autofednlp.server.autofed import Group
 from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, pick_paired
+
+# the name of a shadow's control group (`strategy.shadow_control`) in rows and evidence
+CONTROL = "control"
 
 
 class ShadowTrials:
@@ -51,16 +63,21 @@ class ShadowTrials:
     ) -> tuple:
         """Up to `shadow_rounds` probe rounds on `n_probe` clients lent by the served model,
         each candidate continuing from its own weights, each judged after every probe round
-        against the served model at that moment. (server_round, rounds, probe_rounds, early,
-        pick, evidence): `early` when a candidate won before the last round."""
+        against the served model at that moment (and, with `shadow_control`, against the
+        current configuration carried by the same probes alongside). (server_round, rounds,
+        probe_rounds, early, pick, evidence, evidence against the control or None): `early`
+        when a candidate won before the last round."""
         st = self.cfg.strategy
         keep, candidates = groups[0], groups[1:]
-        losses: dict[str, list] = {g.name: [] for g in groups}
+        # with shadow_control the probes train the current configuration too
+        control = [Group(CONTROL, keep.spec, self.state)] if st.shadow_control else []
+        trained = control + candidates
+        losses: dict[str, list] = {g.name: [] for g in groups + control}
         rounds = probe_rounds = 0
-        pick, evidence = None, []
+        pick, evidence, against_control = None, [], None
         while probe_rounds < st.shadow_rounds and self.more_rounds(server_round):
             probes = self.sample(n_probe)
-            server_round, lent, results = self._lend(trial, candidates, probes, server_round, stall)
+            server_round, lent, results = self._lend(trial, trained, probes, server_round, stall)
             rounds += lent
             if results is None:
                 break  # the run ends before this probe round's results are in
@@ -69,18 +86,20 @@ class ShadowTrials:
             served = self.evaluate_result("validation", per_sample=True)
             keep.accuracies.append(served.metrics[self.metric])
             losses[keep.name].append(self._judged(served))
-            for g, res in zip(candidates, results):
+            for g, res in zip(trained, results):
                 if st.shadow_base == "served":
                     res = dataclasses.replace(res, state=self._nearer_served(g, res.state))
                 self._score(trial, server_round, g, res, losses, 0.0, g.name, False)
             # the served model moves on: each look compares this moment's readings only
             evidence = self._evidence(groups, losses, 1)
+            if control:
+                against_control = self._evidence(trained, losses, 1)
             if probe_rounds >= EARLY_WIN_ROUNDS:
-                pick = pick_paired(evidence, st.confidence_z)
+                pick = pick_paired(evidence, st.confidence_z, also=against_control)
             if pick is not None:
                 break
         early = pick is not None and probe_rounds < st.shadow_rounds
-        return server_round, rounds, probe_rounds, early, pick, evidence
+        return server_round, rounds, probe_rounds, early, pick, evidence, against_control
 
     def _judged(self, ev) -> torch.Tensor:
         """What a look pairs of an evaluation (`strategy.shadow_test`): each sample's
