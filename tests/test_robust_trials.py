@@ -600,6 +600,82 @@ def test_a_plateau_is_remembered_until_the_served_loss_falls_below_it(tiny_model
     assert run._plateau(4) is None
 
 
+def test_the_plateau_gate_reads_only_the_current_configurations_served_readings(
+    tiny_model_dir, tmp_path
+):
+    """`trial_gate = "plateau"`: settled once the configuration served now has 2 x patience
+    readings of its own whose validation loss no longer clearly falls. Readings of the
+    configuration before a growth and probes' readings do not count."""
+    from autofednlp.client.worker import client_data
+    from autofednlp.server import make_run
+    from autofednlp.server.inprocess import InProcessTransport
+
+    cfg = _cfg(tiny_model_dir, tmp_path)  # confidence_z 1.64
+    run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / "q", False)
+    old, new = TuneSpec(B, 1, 8), TuneSpec(B, 3, 8)
+    run.spec = new
+    flat_old = [(old, v) for v in (0.6, 0.5, 0.6, 0.5, 0.6, 0.5)]
+
+    def served(*readings):
+        run.recorder.rows = [
+            {"sim_time_s": float(t), "val_loss": v, "served": True, "config": spec.label()}
+            for t, (spec, v) in enumerate(readings)
+        ]
+
+    served(*flat_old, *[(new, v) for v in (0.5, 0.6, 0.5, 0.6)])
+    assert run._plateau(6) == "slope"  # all served readings together are flat
+    assert not run._settled(6)  # but the new configuration has 4 readings of its own
+    served(*flat_old, *[(new, v) for v in (0.55, 0.5, 0.45, 0.42, 0.4, 0.38)])
+    assert not run._settled(6)  # it still climbs
+    served(*flat_old, *[(new, v) for v in (0.5, 0.45, 0.5, 0.45, 0.5, 0.45)])
+    assert run._settled(6)
+    run.recorder.rows.insert(9, {"sim_time_s": 8.5, "val_loss": 9.0, "served": False,
+                                 "config": new.label()})  # fmt: skip
+    assert run._settled(6)  # a probe's reading is not the served model's
+    run.spec = old  # the served configuration's own run of readings is the tail only
+    assert not run._settled(6)
+
+
+def test_with_the_plateau_gate_a_stall_starts_a_trial_only_once_settled(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Every reading is a stall here (patience 1, min_delta 1): without the gate a trial
+    starts after the first round; with it, only once `_settled` says so, and the served model
+    trains with every client until then."""
+    from autofednlp.server.plateau import PlateauTrials
+
+    asked = []
+    real = PlateauTrials._settled
+
+    def spy(self, window):
+        asked.append((self.clock.time_s, real(self, window)))
+        return len(asked) > 3  # refused three times
+
+    monkeypatch.setattr(PlateauTrials, "_settled", spy)
+    _, summary, rows = _lent_run(
+        tiny_model_dir,
+        tmp_path,
+        "gated",
+        "federation.rounds=6",
+        'strategy.trial_pace="background"',
+        'strategy.trial_gate="plateau"',
+    )
+    assert len(asked) > 3 and summary["trajectory"]
+
+    def served_before_the_first_trial(rows):
+        first = next(i for i, r in enumerate(rows) if r["trial"])
+        return [len(r["clients"].split()) for r in rows[:first]]
+
+    assert served_before_the_first_trial(rows) == [6, 6, 6, 6]  # three refusals, then a trial
+    consulted = len(asked)
+    _, _, ungated = _lent_run(
+        tiny_model_dir, tmp_path, "ungated", "federation.rounds=3",
+        'strategy.trial_pace="background"',
+    )  # fmt: skip
+    assert len(asked) == consulted  # the default gate does not ask
+    assert served_before_the_first_trial(ungated) == [6]
+
+
 @pytest.mark.parametrize("gain, probe_rounds", [(-1.0, 1), (-0.1, 2)])
 def test_a_background_trial_every_candidate_clearly_loses_ends_at_the_interim_look(
     tiny_model_dir, tmp_path, monkeypatch, gain, probe_rounds

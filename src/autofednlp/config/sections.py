@@ -52,6 +52,7 @@ TRIAL_POLICIES = ("robust", "published")
 TRIAL_PACES = ("keep", "place", "slowest", "background", "shadow")
 SHADOW_BASES = ("own", "served")
 SHADOW_TESTS = ("loss", "metric")
+TRIAL_GATES = ("stall", "plateau")
 TRIAL_JUDGES = ("shared", "groups")
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 PRIVACY_MODES = ("off", "central", "local")
@@ -396,6 +397,18 @@ class StrategyConfig:
         "it, and under label skew their draw can set it back: the control, trained on the same"
         " probes as the candidates, tells a candidate's capacity from the probes' draw",
     )
+    trial_gate: str = _f(
+        "stall",
+        "robust: when a trial that waits for a stall may start. stall: once the stall detector "
+        "(patience, min_delta) and the schedule (trial_backoff, trial_wait_time) say so. "
+        "plateau: also only once the configuration served now has stopped improving on its "
+        "own readings: its served validation loss over its last 2 x patience readings (none "
+        "of an earlier configuration's) falls by no more than confidence_z standard errors of "
+        "the least-squares slope. A trial lends clients; a record set by the configuration "
+        "before a growth, or one noisy reading, must not start one while the new "
+        "configuration still climbs. (The shadow's first trial, at the run's start, is not "
+        "gated.)",
+    )
     trial_probes: int = _f(
         0,
         "robust, trial_pace = background or shadow: clients per probe round, taken from "
@@ -479,6 +492,7 @@ class StrategyConfig:
             ("trial_judge", TRIAL_JUDGES),
             ("shadow_base", SHADOW_BASES),
             ("shadow_test", SHADOW_TESTS),
+            ("trial_gate", TRIAL_GATES),
         ):
             _check_choice(f"strategy.{name}", getattr(self, name), allowed)
         steps = (

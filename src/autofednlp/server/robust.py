@@ -89,6 +89,8 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         while self.more_rounds(server_round):
             candidates = policy(self.spec, self._reach(trajectory))
             due = schedule.due(since_trial, stall, self.clock.time_s)
+            if due and st.trial_gate == "plateau":
+                due = self._settled(max(3, 2 * st.patience))
             if (due or self._shadow_due(trajectory, server_round)) and len(candidates) > 1:
                 trial += 1
                 start_s = self.clock.time_s

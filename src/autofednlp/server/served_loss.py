@@ -1,7 +1,9 @@
 """The served model's validation loss over simulated time (`ServedLoss`): its recent level,
 its rate of fall and that rate's standard error, from the recorded rows, so a resumed run
 computes the same. A background trial prices a candidate's extra round time at the rate; a
-plateau (`server/plateau.py`) is a rate within the noise or a level no lower than before.
+plateau (`server/plateau.py`) is a rate within the noise or a level no lower than before;
+`strategy.trial_gate = "plateau"` starts a trial only once the current configuration's own
+rate is within the noise (`PlateauTrials._settled`).
 """
 
 from __future__ import annotations
@@ -26,21 +28,24 @@ class ServedLoss:
         var = sum((v - mean) ** 2 for v in losses) / (len(losses) - 1)
         return mean, math.sqrt(var / len(losses))
 
-    def _served_losses(self) -> list[tuple[float, float]]:
+    def _served_losses(self, current: bool = False) -> list[tuple[float, float]]:
         """(simulated time, validation loss) of every served reading, from the recorded rows,
-        so a resumed run computes the same."""
-        return [
-            (float(r["sim_time_s"]), float(r["val_loss"]))
-            for r in self.recorder.rows
-            if is_served(r) and r.get("val_loss") is not None
-        ]
+        so a resumed run computes the same; with `current`, only the readings since the
+        configuration served now took over."""
+        rows = [r for r in self.recorder.rows if is_served(r) and r.get("val_loss") is not None]
+        if current:
+            label, start = self.spec.label(), len(rows)
+            while start > 0 and rows[start - 1].get("config") == label:
+                start -= 1
+            rows = rows[start:]
+        return [(float(r["sim_time_s"]), float(r["val_loss"])) for r in rows]
 
-    def served_loss_trend(self, last: int) -> tuple[float, float]:
+    def served_loss_trend(self, last: int, current: bool = False) -> tuple[float, float]:
         """(How fast the served model's validation loss fell per simulated second over its
-        `last` readings: the least-squares slope, 0 when it did not fall; that slope's standard
-        error, 0 with fewer than 3 readings). From the recorded rows, so a resumed run computes
-        the same."""
-        points = self._served_losses()[-last:]
+        `last` readings (with `current`, of the configuration served now only): the
+        least-squares slope, 0 when it did not fall; that slope's standard error, 0 with fewer
+        than 3 readings). From the recorded rows, so a resumed run computes the same."""
+        points = self._served_losses(current)[-last:]
         if len(points) < 2:
             return 0.0, 0.0
         mt = sum(t for t, _ in points) / len(points)
