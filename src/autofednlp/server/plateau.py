@@ -54,9 +54,10 @@ class PlateauTrials(ServedLoss):
         growth to d=2 to 2.9-3.3 s after it, and gained nothing at 90/95%: the served d=2
         read the same with the clients that trial lent (RESULTS.md, seventeenth
         measurement)."""
-        if len(self._served_losses(current=True)) < window:
+        points = self._served_losses(current=True)
+        if len(points) < window:
             return False
-        rate, rate_se = self.served_loss_trend(window, current=True)
+        rate, rate_se = self._trend(points[-window:])
         return rate <= self.cfg.strategy.confidence_z * rate_se
 
     def _plateau_trial(

@@ -45,7 +45,11 @@ class ServedLoss:
         `last` readings (with `current`, of the configuration served now only): the
         least-squares slope, 0 when it did not fall; that slope's standard error, 0 with fewer
         than 3 readings). From the recorded rows, so a resumed run computes the same."""
-        points = self._served_losses(current)[-last:]
+        return self._trend(self._served_losses(current)[-last:])
+
+    @staticmethod
+    def _trend(points: list[tuple[float, float]]) -> tuple[float, float]:
+        """`served_loss_trend` of these (simulated time, loss) points."""
         if len(points) < 2:
             return 0.0, 0.0
         mt = sum(t for t, _ in points) / len(points)
