@@ -35,11 +35,14 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
+import textwrap
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, is_dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -145,10 +148,35 @@ def other_variants(run_out: Path, todo: list[Method], setting: str, seed: int) -
             continue
         run = load_run(d)
         if run["rows"]:
-            name = f"AutoFedNLP + cache [{d.name[len(base) + 1 :]}]"
+            name = f"AutoFedNLP + cache [{unslug_overrides(d.name[len(base) + 1 :])}]"
             row = {"setting": setting, "seed": seed, "method": name, "family": "autofed"}
             found.append({**row, **run, "wall_s": math.nan, "reused": True})
     return found
+
+
+# characters per line of a method's name in a plot's legend
+LEGEND_WIDTH = 100
+
+
+def unslug_overrides(text: str) -> str:
+    """The `--autofed-set` overrides a variant's directory name was made from (`slug` of
+    "a.b=1, a.c=x" is "a.b_1_a.c_x"), read back with the config's own section and key names;
+    a part that names no key is left as it is."""
+    default = load_config(None, [])
+    known = {
+        f"{section.name}.{key.name}"
+        for section in dataclass_fields(default)
+        if is_dataclass(getattr(default, section.name))
+        for key in dataclass_fields(getattr(default, section.name))
+    }
+    sections = sorted({k.split(".")[0] for k in known})
+    # each override starts where "_<section>." does
+    parts = re.split(r"_(?=(?:" + "|".join(map(re.escape, sections)) + r")\.)", text)
+    out = []
+    for part in parts:
+        key = max((k for k in known if part.startswith(k + "_")), key=len, default=None)
+        out.append(f"{key}={part[len(key) + 1 :]}" if key else part)
+    return ", ".join(out)
 
 
 def tweets_entity_csv(out: Path) -> Path:
@@ -714,7 +742,7 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
                 color=color,
                 linestyle=style,
                 linewidth=width,
-                label=r["method"],
+                label="\n".join(textwrap.wrap(r["method"], LEGEND_WIDTH)),
                 marker=marker,
                 markersize=3,
             )
@@ -749,10 +777,14 @@ def plot(results: list[dict], analysis: list[dict], column: str | None, out: Pat
         ax.set_ylabel(f"validation {col.removeprefix('val_')} of the served model")
         ax.set_title(f"{setting} (Dirichlet alpha, clients), seed {seed}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
-        fig.tight_layout()
+        # below the axes, so neither the curves nor a variant's long name are covered or cut
+        labels = ax.get_legend_handles_labels()[1]
+        wide = any(len(line) > LEGEND_WIDTH // 2 for label in labels for line in label.split("\n"))
+        ax.legend(
+            fontsize=7, ncol=1 if wide else 2, loc="upper center", bbox_to_anchor=(0.5, -0.12)
+        )
         path = out / f"accuracy_vs_time_{setting}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths

@@ -186,10 +186,25 @@ def test_report_only_finds_the_autofed_variants_run_into_the_same_out(tmp_path):
             row = {"round": 1, "sim_time_s": 1.0, "val_accuracy": 0.5, "served": True}
             (d / "rounds.jsonl").write_text(json.dumps(row) + "\n")
     found = tta.other_variants(tmp_path, todo, "a1-100", 0)
-    assert [r["method"] for r in found] == ["AutoFedNLP + cache [strategy.trial_pace_shadow]"]
+    assert [r["method"] for r in found] == [variant.name]  # its name read back from the slug
     assert found[0]["family"] == "autofed" and found[0]["rows"][0]["val_accuracy"] == 0.5
     assert tta.other_variants(tmp_path, [*todo, variant], "a1-100", 0) == []
     assert tta.other_variants(tmp_path / "none", todo, "a1-100", 0) == []
+
+
+def test_a_variant_directory_name_reads_back_as_its_overrides():
+    """A variant's name in tables and plots is the --autofed-set overrides it ran with, as the
+    user typed them, not its directory's slug; keys with underscores and values with dots too."""
+    sets = [
+        "strategy.trial_pace=shadow",
+        "strategy.shadow_base=served",
+        "federation.served_ema=0.5",
+        "strategy.trial_gate=plateau",
+    ]
+    name = tta.with_autofed_overrides(tta.methods(["autofed"], []), sets)[0].name
+    base = tta.slug("AutoFedNLP + cache")
+    assert tta.unslug_overrides(tta.slug(name)[len(base) + 1 :]) == ", ".join(sets)
+    assert tta.unslug_overrides("no_such_key_1") == "no_such_key_1"  # left as it is
 
 
 def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
