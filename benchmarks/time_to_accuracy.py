@@ -41,15 +41,19 @@ import statistics
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, is_dataclass, replace
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from autofednlp.config import ConfigError, StrategyConfig, load_config  # noqa: E402
+from autofednlp.config import (  # noqa: E402
+    ConfigError,
+    StrategyConfig,
+    describe_fields,
+    load_config,
+)
 from autofednlp.report.results import (  # noqa: E402
     LOCK,
     lock_run_dir,
@@ -156,25 +160,20 @@ def other_variants(run_out: Path, todo: list[Method], setting: str, seed: int) -
 
 # characters per line of a method's name in a plot's legend
 LEGEND_WIDTH = 100
+# every dotted config key (`strategy.trial_pace`, ...), as `autofednlp run --help` lists them
+CONFIG_KEYS = frozenset(name for name, _, _ in describe_fields())
 
 
 def unslug_overrides(text: str) -> str:
     """The `--autofed-set` overrides a variant's directory name was made from (`slug` of
     "a.b=1, a.c=x" is "a.b_1_a.c_x"), read back with the config's own section and key names;
     a part that names no key is left as it is."""
-    default = load_config(None, [])
-    known = {
-        f"{section.name}.{key.name}"
-        for section in dataclass_fields(default)
-        if is_dataclass(getattr(default, section.name))
-        for key in dataclass_fields(getattr(default, section.name))
-    }
-    sections = sorted({k.split(".")[0] for k in known})
+    sections = sorted({k.split(".")[0] for k in CONFIG_KEYS})
     # each override starts where "_<section>." does
     parts = re.split(r"_(?=(?:" + "|".join(map(re.escape, sections)) + r")\.)", text)
     out = []
     for part in parts:
-        key = max((k for k in known if part.startswith(k + "_")), key=len, default=None)
+        key = max((k for k in CONFIG_KEYS if part.startswith(k + "_")), key=len, default=None)
         out.append(f"{key}={part[len(key) + 1 :]}" if key else part)
     return ", ".join(out)
 
