@@ -10,6 +10,51 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# `scripts/test.sh` runs the suite in two parts: `--part parallel` spreads the tests over the
+# machine's cores (pytest-xdist), then `--part serial` runs, alone, the few marked `serial`: they
+# start Flower's engine or servers, time rounds against a timeout, or count the machine's engine
+# processes, so another test beside them could make them fail.
+PARTS = ("all", "parallel", "serial")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--part",
+        choices=PARTS,
+        default="all",
+        help="all tests (default), those not marked serial, or only those marked serial",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    part = config.getoption("--part")
+    if part == "all":
+        return
+    want_serial = part == "serial"
+    keep = [i for i in items if (i.get_closest_marker("serial") is not None) == want_serial]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_engine_beside_other_tests(request):
+    """In the parallel part, a test that starts Flower's simulation engine in this process
+    fails at once, naming the marker it needs (subprocesses are not covered)."""
+    if request.config.getoption("--part") != "parallel":
+        yield
+        return
+    import autofednlp.run
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Flower's simulation engine: mark it serial")
+
+    saved = autofednlp.run._run_simulation
+    autofednlp.run._run_simulation = refuse
+    yield
+    autofednlp.run._run_simulation = saved
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):

@@ -448,6 +448,7 @@ def _rows(run_root: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its rounds race a 60 s timeout
 def test_flwr_run_on_tls_superlink_survives_a_lost_supernode(tmp_path):
     certs = make_trial_certs(tmp_path / "certs", ["127.0.0.1"])
     keys = {n: make_node_key(tmp_path / "keys", n) for n in ("node0", "node1", "node2", "spare")}

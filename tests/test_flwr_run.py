@@ -123,6 +123,7 @@ def _rows(run_dir: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a SuperLink and Flower's simulation engine
 def test_flwr_run_simulates_the_experiment_as_autofednlp_run_does(tiny_model_dir, tmp_path):
     # a tiny experiment, as `key=value` with TOML values: Flower's --run-config and our --set
     overrides = [

@@ -62,6 +62,7 @@ def _engine_processes():
     return [line for line in out.splitlines() if "raylet" in line or "gcs_server" in line]
 
 
+@pytest.mark.serial  # counts the machine's engine processes
 def test_cli_run_on_flower_simulation_engine(tmp_path):
     before = _engine_processes()
     run_dir = tmp_path / "run"

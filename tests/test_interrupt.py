@@ -110,6 +110,7 @@ def test_interrupt_before_the_first_periodic_checkpoint_can_be_resumed(tiny_mode
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # Flower's simulation engine
 def test_sigint_on_the_simulation_engine_leaves_no_process_behind(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "sim"
     argv = _argv(tiny_model_dir, "federation.engine=simulation", "federation.rounds=200")
