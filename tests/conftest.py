@@ -30,9 +30,10 @@ def pytest_collection_modifyitems(config, items):
     part = config.getoption("--part")
     if part == "all":
         return
-    want_serial = part == "serial"
-    keep = [i for i in items if (i.get_closest_marker("serial") is not None) == want_serial]
-    dropped = [i for i in items if i not in keep]
+    keep, dropped = [], []
+    for item in items:
+        serial = item.get_closest_marker("serial") is not None
+        (keep if serial == (part == "serial") else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
@@ -50,10 +51,9 @@ def _no_engine_beside_other_tests(request):
     def refuse(*args, **kwargs):
         raise RuntimeError("this test starts Flower's simulation engine: mark it serial")
 
-    saved = autofednlp.run._run_simulation
-    autofednlp.run._run_simulation = refuse
-    yield
-    autofednlp.run._run_simulation = saved
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(autofednlp.run, "_run_simulation", refuse)
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
