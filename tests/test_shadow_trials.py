@@ -302,3 +302,61 @@ def test_a_shadow_candidate_must_clear_its_control_too(
     else:
         assert first["winner"] == "keep" and first["probe_rounds"] == 3
         assert run.spec.depth == 0
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_a_shadow_judges_its_candidates_as_they_would_be_served(
+    tiny_model_dir, tmp_path, monkeypatch, ema
+):
+    """With `federation.served_ema` the served side of a look is a moving average of the
+    served weights, so each carried group (candidate and control) is judged on its own moving
+    average of the weights its probes left, with the same decay, restarted at the trial; a
+    winner is served as that average. Without it, the raw weights as before."""
+    from autofednlp.server.robust import RobustAutoFedRun
+
+    _evidence(monkeypatch, 0.05)  # a clear win at the second look
+    _continue_from(monkeypatch, {}, no_worse=True)
+    looks: dict = {}
+    real_score, real_trial = RobustAutoFedRun._score, RobustAutoFedRun._background_trial
+
+    def score(self, trial, server_round, g, res, losses, penalty, name, served, judged=None):
+        real_score(self, trial, server_round, g, res, losses, penalty, name, served, judged)
+        state = {k: v.clone() for k, v in g.state.items()}
+        kept = None if judged is None else {k: v.clone() for k, v in judged.items()}
+        looks.setdefault(g.name, []).append((state, kept))
+        if judged is not None:
+            assert self.evaluate("validation", g.spec, judged)[1] == pytest.approx(
+                float(self.recorder.rows[-1]["val_loss"])
+            )  # the row, and the look, read the average
+
+    adopted: dict = {}
+
+    def trial(self, n, groups, server_round, stall):
+        out = real_trial(self, n, groups, server_round, stall)
+        if not adopted:
+            adopted.update(spec=self.spec, served=self.served_state(), groups=groups)
+        return out
+
+    monkeypatch.setattr(RobustAutoFedRun, "_score", score)
+    monkeypatch.setattr(RobustAutoFedRun, "_background_trial", trial)
+    run, summary, _ = _shadow_run(
+        tiny_model_dir,
+        tmp_path,
+        f"e{ema}",
+        f"federation.served_ema={ema}",
+        "strategy.shadow_control=true",
+    )
+    assert set(looks) == {"control", "deeper"} and len(looks["deeper"]) == 2
+    assert summary["trajectory"][0]["winner"] == "deeper" and adopted["spec"].depth == 1
+    won = next(g for g in adopted["groups"] if g.name == "deeper")
+    if ema == 0:
+        assert all(judged is None for seq in looks.values() for _, judged in seq)
+        assert won.average is None
+        return
+    for seq in looks.values():
+        (s1, a1), (s2, a2) = seq
+        # restarted at the trial from the first look's weights, then folded at the decay
+        assert all(torch.equal(a1[k], s1[k]) for k in s1)
+        assert all(torch.allclose(a2[k], torch.lerp(s1[k], s2[k], 1 - ema)) for k in s2)
+        assert any(not torch.equal(a2[k], s2[k]) for k in s2)  # not the raw weights
+    assert all(torch.equal(adopted["served"][k], won.average[k]) for k in won.average)

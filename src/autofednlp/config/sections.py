@@ -265,7 +265,9 @@ class FederationConfig:
         "current configuration's global weights after each round (Polyak averaging: it damps "
         "the round-to-round swing of a few sampled clients under label skew); clients always "
         "train from the latest global weights; it restarts when AutoFedNLP changes the "
-        "configuration. 0 = the latest global weights",
+        "configuration (after a shadow trial, from the winner's own average: a shadow judges "
+        "each carried candidate on such an average of its weights too). 0 = the latest "
+        "global weights",
     )
     stop_at_target: bool = _f(False, "end the run as soon as the target is reached (and held)")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")

@@ -39,6 +39,9 @@ class Group:
     accuracies: list[float] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
     states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # a shadow trial's moving average of the weights its probes left (`federation.served_ema`):
+    # what its looks judge, and what is served if it wins
+    average: dict[str, torch.Tensor] | None = None
 
 
 class AutoFedRun(FederatedRun):

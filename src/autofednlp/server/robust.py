@@ -211,9 +211,15 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         served_acc, served_loss = self.evaluate("validation")
         start, behind = "served", None
         if pick is not None:
-            state, start, loss = self._continue_from(groups[1 + pick])
+            won = groups[1 + pick]
+            state, start, loss = self._continue_from(won)
+            if won.average is not None:
+                # a shadow judged its moving average: that is what would be served
+                loss = self.evaluate("validation", won.spec, won.average)[1]
             if loss <= served_loss:
-                self.spec, self.state = groups[1 + pick].spec, state
+                self.spec, self.state = won.spec, state
+                if won.average is not None:
+                    self._served = (won.spec, won.average)
             else:
                 # better than keep on the probes, but not than the served model now: switching
                 # would hand out a worse model
@@ -345,11 +351,15 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         penalty: float,
         name: str,
         served: bool,
+        judged: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """A trial group's round: its new weights, its validation reading and per-sample
-        losses (plus `penalty`, served loss forgone), and its row (`name`, `served`)."""
+        losses (plus `penalty`, served loss forgone), and its row (`name`, `served`); the
+        reading is of `judged` where given (a shadow's moving average), else of the weights."""
         g.state = res.state
-        ev = self.evaluate_result("validation", g.spec, g.state, per_sample=True)
+        ev = self.evaluate_result(
+            "validation", g.spec, g.state if judged is None else judged, per_sample=True
+        )
         g.accuracies.append(ev.metrics[self.metric])
         losses[g.name].append(self._judged(ev) + penalty)
         metrics = {**ev.metrics, "loss": ev.loss}
