@@ -82,7 +82,8 @@ def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth
 ):
     """A shadow trial with a served average: every served reading (and the served side of each
     paired look) is the average's of the global weights folded so far; a clearly better
-    candidate (mocked evidence) is adopted and the average restarts from its weights."""
+    candidate (mocked evidence) is adopted and served as its own average over its looks, which
+    the new configuration's rounds then fold into."""
     from test_shadow_trials import _continue_from, _shadow_run
 
     import autofednlp.server.robust as robust
@@ -97,27 +98,32 @@ def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth
 
     monkeypatch.setattr(robust, "paired_evidence", evidence)
     _continue_from(monkeypatch, {}, no_worse=True)
-    folds: list = []  # (configuration, global weights) at each fold
+    folds: list = []  # (configuration, global weights, the average before it) at each fold
     fold = FederatedRun.fold_served
 
     def recording_fold(self):
-        folds.append((self.spec, {k: v.clone() for k, v in self.state.items()}))
+        before = None if self._served is None else (self._served[0], dict(self._served[1]))
+        folds.append((self.spec, {k: v.clone() for k, v in self.state.items()}, before))
         fold(self)
 
     monkeypatch.setattr(FederatedRun, "fold_served", recording_fold)
     run, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "w", "federation.served_ema=0.6")
 
     assert summary["trajectory"][0]["winner"] == "deeper"
-    assert [s.depth for s, _ in folds][0] == 0 and folds[-1][0].depth == 1
+    assert [s.depth for s, _, _ in folds][0] == 0 and folds[-1][0].depth == 1
     served = [r for r in rows if r["served"] == "True"]
     assert len(served) == len(folds)
-    averages, avg, spec = [], None, None
-    for s, weights in folds:
-        if s != spec:  # a new configuration: the average restarts from its weights
+    averages, avg, spec, handed = [], None, None, 0
+    for s, weights, before in folds:
+        if s != spec and before is not None and before[0] == s:
+            # the shadow's winner: served as its own average, which this round folds into
+            avg, spec, handed = {k: 0.6 * before[1][k] + 0.4 * w for k, w in weights.items()}, s, 1
+        elif s != spec:  # the run's first configuration: the average starts from its weights
             avg, spec = dict(weights), s
         else:
             avg = {k: 0.6 * avg[k] + 0.4 * w for k, w in weights.items()}
         averages.append((s, avg))
+    assert handed == 1
     for row, (s, avg) in zip(served, averages):
         assert row["config"] == s.label()
         assert float(row["val_loss"]) == pytest.approx(

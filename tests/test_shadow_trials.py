@@ -74,8 +74,8 @@ def _continue_from(monkeypatch, seen, no_worse=False):
 
     real = RobustAutoFedRun._continue_from
 
-    def spy(self, winner):
-        state, start, loss = real(self, winner)
+    def spy(self, winner, adopting=False):
+        state, start, loss = real(self, winner, adopting)
         if seen:
             return state, start, -math.inf if no_worse else loss
         seen.update(spec=winner.spec, loss=loss, served_loss=self.evaluate("validation")[1])

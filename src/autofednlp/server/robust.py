@@ -212,10 +212,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         start, behind = "served", None
         if pick is not None:
             won = groups[1 + pick]
-            state, start, loss = self._continue_from(won)
-            if won.average is not None:
-                # a shadow judged its moving average: that is what would be served
-                loss = self.evaluate("validation", won.spec, won.average)[1]
+            state, start, loss = self._continue_from(won, adopting=True)
             if loss <= served_loss:
                 self.spec, self.state = won.spec, state
                 if won.average is not None:
@@ -404,14 +401,20 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             return pick
         return pick_paired(evidence, self.cfg.strategy.confidence_z) if rounds else None
 
-    def _continue_from(self, winner: Group) -> tuple[dict[str, torch.Tensor], str, float]:
+    def _continue_from(
+        self, winner: Group, adopting: bool = False
+    ) -> tuple[dict[str, torch.Tensor], str, float]:
         """A background trial's winner continues from its probes' weights or from its added
         tensors on the served configuration's latest global weights (which kept training
         meanwhile, with more clients; never the served average of `federation.served_ema`),
-        whichever has the lower validation loss: (weights, which, that loss)."""
+        whichever has the lower validation loss: (weights, which, that loss). `adopting` a
+        shadow's winner judged on its moving average (`winner.average`): the loss is that
+        average's, which is what would be served."""
         options = {"probe": winner.state, "served trunk": overlay(winner.state, self.state)}
         loss = {k: self.evaluate("validation", winner.spec, v)[1] for k, v in options.items()}
         best = min(options, key=lambda k: (loss[k], k != "served trunk"))
+        if adopting and winner.average is not None:
+            return options[best], best, self.evaluate("validation", winner.spec, winner.average)[1]
         return options[best], best, loss[best]
 
     def _entry(
