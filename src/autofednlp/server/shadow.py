@@ -109,7 +109,7 @@ class ShadowTrials:
         `state`) into its moving average, with the served model's decay, and return it (None
         without). The served side of every look is such an average, which damps a few skewed
         clients' round-to-round swing; a candidate judged on its raw weights carried that swing
-        alone (a d=2 on five probes read validation loss 0.50, 1.15, 0.63, 0.50, 0.75 in
+        alone (a d=2 on five probes read validation loss 0.52, 1.15, 0.63, 0.50, 0.75 in
         consecutive looks on the tweets, the served head 0.52-0.59 beside it), and lost
         the paired test on its own noise. If it wins, its average is what is served."""
         decay = self.cfg.federation.served_ema
