@@ -979,6 +979,12 @@ def main() -> int:
         if timed and m is todo[0] and r["summary"]:
             budgets[(setting, seed)] = r["summary"]["sim_time_s"]
         write_outputs(results, args, out)
+    if args.report_only and not results:
+        tree = out / ("runs" if timed else "runs-rounds")
+        usage_error(
+            f"--report-only: no runs of these settings, seeds and methods under {tree}/ "
+            "(a typo in --out, or --budget rounds for runs made with a time budget?)"
+        )
     print(write_outputs(results, args, out))
     print(f"\nresults in {out}/ (table.md, results.csv, results.json, accuracy_vs_time_*.png)")
     return 0

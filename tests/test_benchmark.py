@@ -259,6 +259,7 @@ def test_user_data_runs_the_chosen_partitions_on_the_file_under_its_own_names(tm
         (["--data", "{dir}/reviews.csv", "--settings", "tweets-a1-30"], "has its own data"),
         (["--settings", "a2-100"], "--settings: unknown 'a2-100'"),
         (["--methods", "fixd"], "--methods: unknown 'fixd'"),
+        (["--report-only", "--seeds", "0"], "--report-only: no runs of these settings"),
     ],
 )
 def test_a_bad_option_or_data_file_is_one_line_and_exit_2(
