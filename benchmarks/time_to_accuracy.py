@@ -925,6 +925,8 @@ def main() -> int:
     # Seed-major: the first seed of every setting is complete before the second starts.
     plan = [(seed, s, m) for seed in seeds for s in settings for m in todo]
     overrides = {s: setting_overrides(s, out) for s in settings}
+    # each budget mode in its own tree: one never clears the other's runs
+    tree = out / ("runs" if timed else "runs-rounds")
     for i, (seed, setting, m) in enumerate(plan, 1):
         common = [
             f"seed={seed}",
@@ -938,8 +940,7 @@ def main() -> int:
             f"cost.download_mb_per_s={args.mb_per_s}",
             "tune.kind=bottleneck",
         ]
-        # each budget mode in its own tree: one never clears the other's runs
-        run_out = out / ("runs" if timed else "runs-rounds") / setting / f"seed{seed}"
+        run_out = tree / setting / f"seed{seed}"
         if args.report_only:  # each run as it ran, its own budget included
             found = load_run(run_out / slug(m.name))
             if found["rows"]:
@@ -980,7 +981,6 @@ def main() -> int:
             budgets[(setting, seed)] = r["summary"]["sim_time_s"]
         write_outputs(results, args, out)
     if args.report_only and not results:
-        tree = out / ("runs" if timed else "runs-rounds")
         usage_error(
             f"--report-only: no runs of these settings, seeds and methods under {tree}/ "
             "(a typo in --out, or --budget rounds for runs made with a time budget?)"
