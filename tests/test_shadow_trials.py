@@ -360,3 +360,51 @@ def test_a_shadow_judges_its_candidates_as_they_would_be_served(
         assert all(torch.allclose(a2[k], torch.lerp(s1[k], s2[k], 1 - ema)) for k in s2)
         assert any(not torch.equal(a2[k], s2[k]) for k in s2)  # not the raw weights
     assert all(torch.equal(adopted["served"][k], won.average[k]) for k in won.average)
+
+
+@pytest.mark.parametrize("pace", ["shadow", "background"])
+def test_probes_that_serve_train_a_served_round_first_and_are_not_lent(
+    tiny_model_dir, tmp_path, pace
+):
+    """`probes_serve`: every served round trains with all 6 clients a round, trial or not; a
+    probe round's probes are among the clients of the served round just before their tasks
+    start, in none of the served rounds while they work, and their results count only once
+    the clock has passed that round's end plus their tasks' round times."""
+    _, summary, rows = _lent_run(
+        tiny_model_dir,
+        tmp_path,
+        pace,
+        "federation.rounds=12",
+        "tune.depth=0",
+        f'strategy.trial_pace="{pace}"',
+        "strategy.shadow_rounds=3",
+        "strategy.early_decision=false",
+        "strategy.probes_serve=true",
+    )
+    served = [r for r in rows if r["served"] == "True"]
+    assert [int(r["round"]) for r in served] == list(range(1, 13))
+    assert all(len(r["clients"].split()) == 6 for r in served)
+    clients = {int(r["round"]): set(r["clients"].split()) for r in served}
+    ends = {int(r["round"]): float(r["sim_time_s"]) for r in served}
+    by_round: dict[int, list] = {}
+    for r in _probe_rounds(rows):
+        by_round.setdefault(int(r["round"]), []).append(r)
+    assert by_round and summary["trajectory"][0]["probes"] == 2
+    for rnd, group_rows in by_round.items():
+        probe = set(group_rows[0]["clients"].split())
+        assert len(probe) == 2 and {r["clients"] for r in group_rows} == {group_rows[0]["clients"]}
+        began = max(k for k in range(1, rnd) if probe <= clients[k])
+        assert all(not probe & clients[k] for k in range(began + 1, rnd + 1))
+        took = sum(float(r["round_time_s"]) for r in group_rows)
+        assert ends[rnd] >= ends[began] + took - 1e-9
+        assert rnd == began + 1 or ends[rnd - 1] < ends[began] + took
+
+
+def test_probes_serve_needs_a_pace_with_probes():
+    from autofednlp.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="strategy.probes_serve = True: needs strategy.trials"):
+        load_config(
+            None,
+            ['strategy.name="autofed"', 'strategy.trial_pace="keep"', "strategy.probes_serve=true"],
+        )

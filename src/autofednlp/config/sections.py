@@ -411,6 +411,15 @@ class StrategyConfig:
         "configuration still climbs. (The shadow's first trial, at the run's start, is not "
         "gated.)",
     )
+    probes_serve: bool = _f(
+        False,
+        "robust, trial_pace = background or shadow: each probe round's probes first train the "
+        "served round like any sampled client (the served model gets clients_per_round clients"
+        " in every round, as a fixed configuration does), and only then their trial tasks, "
+        "whose results count once the probes could have finished those too; the next served "
+        "rounds draw their clients from the others. Off: the served model lends the probes "
+        "(trains with clients_per_round - trial_probes while they work on the trial)",
+    )
     trial_probes: int = _f(
         0,
         "robust, trial_pace = background or shadow: clients per probe round, taken from "
@@ -711,6 +720,14 @@ class ExperimentConfig:
                     "AutoFedNLP serves a moving average only with strategy.trials = robust, "
                     "trial_pace background (plateau_rounds = 0) or shadow (the others serve a "
                     "trial group's weights)",
+                )
+            if self.strategy.probes_serve:
+                _check(
+                    self.strategy.trials == "robust" and lent,
+                    "strategy.probes_serve",
+                    True,
+                    "needs strategy.trials = robust with trial_pace background or shadow (the "
+                    "paces with probe clients)",
                 )
             if self.strategy.trials == "robust" and lent:
                 per_round = self.federation.clients_per_round

@@ -310,19 +310,34 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         """One probe round: each of `groups` trains on the `probes`, from its own weights,
         while the round's other clients train the served model round after round, until the
         probes could have trained all their tasks (the sum of the tasks' round times, an upper
-        bound); their traffic and energy count at once. (The last served round, the served
-        rounds it took, the groups' results: None when the run ends before they are in.)"""
+        bound); their traffic and energy count at once. With `strategy.probes_serve` the
+        probes first train a served round with the others, as any sampled client, and take
+        their trial tasks only after it; the served rounds meanwhile draw every client from
+        the others. (The last served round, the served rounds it took, the groups' results:
+        None when the run ends before they are in.)"""
         fed = self.cfg.federation
         server_round += 1
         rounds = 1
+        busy = set(probes)
+        if self.cfg.strategy.probes_serve:
+            # the probes train this served round as any sampled client would, and their
+            # trial tasks after it: the served model lends no one
+            others = self.sample(fed.clients_per_round - len(busy), exclude=busy)
+            clients = sorted(busy.union(others))
+            stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
+            if not self.more_rounds(server_round):
+                return server_round, rounds, None
+            server_round += 1
+            rounds += 1
         # one call per group (a client is in one group of a call); the replies are waited for
         # after the served round below, as a deployment would
         tasks = [[(g.spec, g.state, probes)] for g in groups]
         sent = [self.send_groups(server_round, t) for t in tasks]
-        start_s, busy = self.clock.time_s, set(probes)
+        start_s = self.clock.time_s
         results: list = []
         while True:
-            clients = self.sample(fed.clients_per_round - len(busy), exclude=busy)
+            k = fed.clients_per_round - (0 if self.cfg.strategy.probes_serve else len(busy))
+            clients = self.sample(k, exclude=busy)
             stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
             if not results:  # the simulated clock needs their costs: collect after round 1
                 results = [
