@@ -366,26 +366,29 @@ def test_a_shadow_judges_its_candidates_as_they_would_be_served(
 def test_probes_that_serve_train_a_served_round_first_and_are_not_lent(
     tiny_model_dir, tmp_path, pace
 ):
-    """`probes_serve`: every served round trains with all 6 clients a round, trial or not; a
-    probe round's probes are among the clients of the served round just before their tasks
-    start, in none of the served rounds while they work, and their results count only once
-    the clock has passed that round's end plus their tasks' round times."""
-    _, summary, rows = _lent_run(
+    """`probes_serve`: every served round trains the clients a fixed configuration with the
+    same seed draws for it, less the probes still at work on their trial tasks; a probe
+    round's probes are among the clients of the served round just before their tasks start,
+    in none of the served rounds while they work, and their results count only once the
+    clock has passed that round's end plus their tasks' round times."""
+    settings = ("federation.rounds=12", "tune.depth=0", f'strategy.trial_pace="{pace}"')
+    run, summary, rows = _lent_run(
         tiny_model_dir,
         tmp_path,
         pace,
-        "federation.rounds=12",
-        "tune.depth=0",
-        f'strategy.trial_pace="{pace}"',
+        *settings,
         "strategy.shadow_rounds=3",
         "strategy.early_decision=false",
         "strategy.probes_serve=true",
     )
+    *_, fixed = _lent_run(tiny_model_dir, tmp_path, "fixed", *settings, "strategy.name=fixed")
+    draws = {int(r["round"]): set(r["clients"].split()) for r in fixed}
+    assert all(len(c) == 6 for c in draws.values())
     served = [r for r in rows if r["served"] == "True"]
     assert [int(r["round"]) for r in served] == list(range(1, 13))
-    assert all(len(r["clients"].split()) == 6 for r in served)
     clients = {int(r["round"]): set(r["clients"].split()) for r in served}
     ends = {int(r["round"]): float(r["sim_time_s"]) for r in served}
+    at_work: dict[int, set] = {k: set() for k in clients}
     by_round: dict[int, list] = {}
     for r in _probe_rounds(rows):
         by_round.setdefault(int(r["round"]), []).append(r)
@@ -394,10 +397,23 @@ def test_probes_that_serve_train_a_served_round_first_and_are_not_lent(
         probe = set(group_rows[0]["clients"].split())
         assert len(probe) == 2 and {r["clients"] for r in group_rows} == {group_rows[0]["clients"]}
         began = max(k for k in range(1, rnd) if probe <= clients[k])
-        assert all(not probe & clients[k] for k in range(began + 1, rnd + 1))
+        for k in range(began + 1, rnd + 1):
+            at_work[k] |= probe
         took = sum(float(r["round_time_s"]) for r in group_rows)
         assert ends[rnd] >= ends[began] + took - 1e-9
         assert rnd == began + 1 or ends[rnd - 1] < ends[began] + took
+    assert any(at_work.values())
+    last = max(by_round)  # after it a probe round may be under way whose results never came
+    for k, c in clients.items():
+        assert c == draws[k] - at_work[k] if k <= last else c <= draws[k] and len(c) >= 4, k
+    # the probes' own stream is checkpointed: a resumed run draws the probes it would have
+    from autofednlp.report.results import load_checkpoint
+
+    run.checkpoint(13)
+    before = run.probe_rng.getstate()
+    run.probe_rng.seed(0)
+    run.restore(load_checkpoint(tmp_path / pace))
+    assert run.probe_rng.getstate() == before
 
 
 def test_probes_serve_needs_a_pace_with_probes():

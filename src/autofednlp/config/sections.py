@@ -413,12 +413,12 @@ class StrategyConfig:
     )
     probes_serve: bool = _f(
         False,
-        "robust, trial_pace = background or shadow: each probe round's probes first train the "
-        "served round like any sampled client (the served model gets clients_per_round clients"
-        " in every round, as a fixed configuration does), and only then their trial tasks, "
-        "whose results count once the probes could have finished those too; the next served "
-        "rounds draw their clients from the others. Off: the served model lends the probes "
-        "(trains with clients_per_round - trial_probes while they work on the trial)",
+        "robust, trial_pace = background or shadow: each probe round's probes are picked among"
+        " a served round's clients and train that round like the others first, then their "
+        "trial tasks, whose results count once the probes could have finished those too. Every"
+        " served round trains the clients a fixed configuration with the same seed draws for "
+        "it, less the probes still at work. Off: the served model lends the probes (trains with"
+        " clients_per_round - trial_probes others while they work on the trial)",
     )
     trial_probes: int = _f(
         0,

@@ -144,6 +144,9 @@ class FederatedRun:
         )
         self.clock = SimClock()
         self.rng = random.Random(cfg.seed)
+        # the probes of robust trials with `strategy.probes_serve` are drawn from a stream of
+        # their own, so the served rounds draw the clients a fixed configuration's would
+        self.probe_rng = random.Random(f"{cfg.seed}-probes")
         self.metric = cfg.target_metric  # what "reached" and the trials' winner go by
         labels = data.validation.labels
         # the yardstick a reading must beat: for a classifier's accuracy, always the majority
@@ -185,6 +188,7 @@ class FederatedRun:
                 "clock": self.clock.state(),
                 "client_info": self.client_info,
                 "rng": self.rng.getstate(),
+                "probe_rng": self.probe_rng.getstate(),
                 "rows": self.recorder.rows,
                 "wall_s": time.monotonic() - self._t0,
                 "time_ns": time.time_ns(),
@@ -204,6 +208,8 @@ class FederatedRun:
         for k, v in ckpt["clock"].items():
             setattr(self.clock, k, v)
         self.rng.setstate(ckpt["rng"])
+        if ckpt.get("probe_rng") is not None:
+            self.probe_rng.setstate(ckpt["probe_rng"])
         self.client_info = dict(ckpt.get("client_info", {}))
         self._strategy = {k: v for k, v in ckpt["strategy"].items() if k != "finished"}
         self.aggregator.load_state_dict(ckpt.get("aggregation") or {})

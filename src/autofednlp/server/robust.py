@@ -273,11 +273,13 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         rounds = probe_rounds = 0
         early, pick, evidence = False, None, []
         while probe_rounds < st.trial_rounds and self.more_rounds(server_round):
-            probes = self.sample(n_probe)
+            probes, first = self._draw_probes(n_probe)
             if not extra:
                 keep_s = self.steady_round_s(probes, groups[0])
                 extra = {g.name: max(0.0, self.steady_round_s(probes, g) - keep_s) for g in groups}
-            server_round, lent, results = self._lend(trial, groups, probes, server_round, stall)
+            server_round, lent, results = self._lend(
+                trial, groups, probes, server_round, stall, first
+            )
             rounds += lent
             if results is None:
                 break  # the run ends before this probe round's results are in
@@ -304,27 +306,46 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         pick = self._final(evidence, probe_rounds, early, pick)
         return server_round, rounds, probe_rounds, early, pick, evidence, extra
 
+    def _draw_probes(self, n_probe: int) -> tuple[list[int], list[int] | None]:
+        """A probe round's `n_probe` probes, and with `strategy.probes_serve` the clients of
+        the served round they train first: the clients a fixed configuration would draw for
+        that round, the probes picked among them from a stream of their own (`probe_rng`). The
+        served rounds then draw every round's clients as a fixed configuration with the same
+        seed does, whatever the trials do: a served model's time to a target is compared with
+        a fixed configuration's on the same clients' data, not on another draw of them (on
+        BBC News a head served on other draws reached 90% 0.7-1.4 times as soon as the fixed
+        head, RESULTS.md, twenty-second measurement)."""
+        if not self.cfg.strategy.probes_serve:
+            return self.sample(n_probe), None
+        clients = self.sample(self.cfg.federation.clients_per_round)
+        return sorted(self.probe_rng.sample(clients, n_probe)), clients
+
     def _lend(
-        self, trial: int, groups: list, probes: list[int], server_round: int, stall: StallDetector
+        self,
+        trial: int,
+        groups: list,
+        probes: list[int],
+        server_round: int,
+        stall: StallDetector,
+        first: list[int] | None = None,
     ) -> tuple[int, int, list | None]:
         """One probe round: each of `groups` trains on the `probes`, from its own weights,
         while the round's other clients train the served model round after round, until the
         probes could have trained all their tasks (the sum of the tasks' round times, an upper
         bound); their traffic and energy count at once. With `strategy.probes_serve` the
-        probes first train a served round with the others, as any sampled client, and take
-        their trial tasks only after it; the served rounds meanwhile draw every client from
-        the others. (The last served round, the served rounds it took, the groups' results:
-        None when the run ends before they are in.)"""
+        probes first train the served round `first` (which holds them) as any sampled client,
+        and take their trial tasks only after it; the served rounds meanwhile train the
+        clients a fixed configuration would draw, less the probes still at work. (The last
+        served round, the served rounds it took, the groups' results: None when the run ends
+        before they are in.)"""
         fed = self.cfg.federation
         server_round += 1
         rounds = 1
-        busy = set(probes)
-        if self.cfg.strategy.probes_serve:
+        busy, serve = set(probes), self.cfg.strategy.probes_serve
+        if serve:
             # the probes train this served round as any sampled client would, and their
             # trial tasks after it: the served model lends no one
-            others = self.sample(fed.clients_per_round - len(busy), exclude=busy)
-            clients = sorted(busy.union(others))
-            stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
+            stall.observe(self._exploit_round(server_round, first, trial=trial, group="keep"))
             if not self.more_rounds(server_round):
                 return server_round, rounds, None
             server_round += 1
@@ -336,8 +357,12 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         start_s = self.clock.time_s
         results: list = []
         while True:
-            k = fed.clients_per_round - (0 if self.cfg.strategy.probes_serve else len(busy))
-            clients = self.sample(k, exclude=busy)
+            if serve:
+                # a fixed configuration's draw, less the probes at work (never all of it:
+                # trial_probes < clients_per_round)
+                clients = [c for c in self.sample(fed.clients_per_round) if c not in busy]
+            else:
+                clients = self.sample(fed.clients_per_round - len(busy), exclude=busy)
             stall.observe(self._exploit_round(server_round, clients, trial=trial, group="keep"))
             if not results:  # the simulated clock needs their costs: collect after round 1
                 results = [

@@ -76,8 +76,10 @@ class ShadowTrials:
         rounds = probe_rounds = 0
         pick, evidence, against_control = None, [], None
         while probe_rounds < st.shadow_rounds and self.more_rounds(server_round):
-            probes = self.sample(n_probe)
-            server_round, lent, results = self._lend(trial, trained, probes, server_round, stall)
+            probes, first = self._draw_probes(n_probe)
+            server_round, lent, results = self._lend(
+                trial, trained, probes, server_round, stall, first
+            )
             rounds += lent
             if results is None:
                 break  # the run ends before this probe round's results are in
