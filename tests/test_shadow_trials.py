@@ -170,9 +170,9 @@ def test_a_served_base_shadow_lays_its_added_tensors_over_the_served_model(
 
     starts: list = []
 
-    def lend(self, trial, groups, probes, server_round, stall):
+    def lend(self, trial, groups, probes, server_round, stall, first=None):
         starts.append({k: v.clone() for k, v in groups[0].state.items()})
-        return real_lend(self, trial, groups, probes, server_round, stall)
+        return real_lend(self, trial, groups, probes, server_round, stall, first)
 
     monkeypatch.setattr(RobustAutoFedRun, "_nearer_served", pick)
     monkeypatch.setattr(RobustAutoFedRun, "_lend", lend)
