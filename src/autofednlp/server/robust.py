@@ -313,7 +313,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         served rounds then draw every round's clients as a fixed configuration with the same
         seed does, whatever the trials do: a served model's time to a target is compared with
         a fixed configuration's on the same clients' data, not on another draw of them (on
-        BBC News a head served on other draws reached 90% 0.7-1.4 times as soon as the fixed
+        BBC News a head served on other draws reached 90% 0.4-1.4 times as soon as the fixed
         head, RESULTS.md, twenty-second measurement)."""
         if not self.cfg.strategy.probes_serve:
             return self.sample(n_probe), None
