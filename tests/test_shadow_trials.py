@@ -424,3 +424,37 @@ def test_probes_serve_needs_a_pace_with_probes():
             None,
             ['strategy.name="autofed"', 'strategy.trial_pace="keep"', "strategy.probes_serve=true"],
         )
+
+
+@pytest.mark.parametrize("warming", [True, False])
+def test_a_warm_gate_holds_a_winner_back_while_the_served_rounds_still_fill_caches(
+    tiny_model_dir, tmp_path, monkeypatch, warming
+):
+    """`shadow_warm_gate`: a clearly better candidate is not adopted while the served
+    configuration's last round took more than WARM_FACTOR times the server's estimate of its
+    round once caches are filled; once it does not, the candidate wins as without the gate."""
+    from autofednlp.server.robust import RobustAutoFedRun
+    from autofednlp.server.shadow import WARM_FACTOR
+
+    _evidence(monkeypatch, 0.02)  # clearly better at every look
+    _continue_from(monkeypatch, {}, no_worse=True)
+    factor = WARM_FACTOR * (1.01 if warming else 0.99)
+    estimates = []
+
+    def steady(self, clients, g):  # the served round, as the server would estimate it
+        assert g.name == "keep" and g.spec == self.spec
+        served = [r for r in self.recorder.rows if r.get("served")]
+        assert clients == [int(c) for c in str(served[-1]["clients"]).split()]
+        estimates.append(served[-1]["round_time_s"] / factor)
+        return estimates[-1]
+
+    monkeypatch.setattr(RobustAutoFedRun, "steady_round_s", steady)
+    run, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "g", "strategy.shadow_warm_gate=true")
+    first = summary["trajectory"][0]
+    assert estimates  # asked only once a candidate clears the bar, from its second look on
+    if warming:
+        assert first["winner"] == "keep" and first["probe_rounds"] == 3 and run.spec.depth == 0
+        assert len(estimates) == 2  # its second and third looks (shadow_rounds 3)
+    else:
+        assert first["winner"] == "deeper" and first["probe_rounds"] == 2
+        assert len(estimates) == 1 and run.spec.depth == 1

@@ -399,6 +399,13 @@ class StrategyConfig:
         "it, and under label skew their draw can set it back: the control, trained on the same"
         " probes as the candidates, tells a candidate's capacity from the probes' draw",
     )
+    shadow_warm_gate: bool = _f(
+        False,
+        "robust, trial_pace = shadow: a candidate is not adopted while the served "
+        "configuration's last round took more than WARM_FACTOR (3) times the server's estimate"
+        " of its round once its clients' caches are filled: its rounds are about to get that "
+        "much cheaper, so its progress per second so far understates what it will gain",
+    )
     trial_gate: str = _f(
         "stall",
         "robust: when a trial that waits for a stall may start. stall: once the stall detector "

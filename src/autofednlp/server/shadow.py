@@ -48,6 +48,9 @@ from autofednlp.server.policies import EARLY_WIN_ROUNDS, StallDetector, pick_pai
 
 # the name of a shadow's control group (`strategy.shadow_control`) in rows and evidence
 CONTROL = "control"
+# `strategy.shadow_warm_gate`: a served round longer than this many times its configuration's
+# round once caches are filled is still paying for fills (set before any measurement)
+WARM_FACTOR = 3.0
 
 
 class ShadowTrials:
@@ -101,10 +104,29 @@ class ShadowTrials:
                 against_control = self._evidence(trained, losses, 1)
             if probe_rounds >= EARLY_WIN_ROUNDS:
                 pick = pick_paired(evidence, st.confidence_z, also=against_control)
+            if pick is not None and st.shadow_warm_gate and self._served_warming(keep):
+                pick = None  # judged again at the next look, once the served rounds are cheap
             if pick is not None:
                 break
         early = pick is not None and probe_rounds < st.shadow_rounds
         return server_round, rounds, probe_rounds, early, pick, evidence, against_control
+
+    def _served_warming(self, keep) -> bool:
+        """`strategy.shadow_warm_gate`: whether the served configuration's last round took
+        more than `WARM_FACTOR` times the server's estimate of a round of it on the same
+        clients once their caches are filled (`steady_round_s`). A head's first rounds under
+        label skew fill its clients' caches; on BBC News, alpha 0.1 with 30 clients, seven of
+        them took 0.1-1.1 s, and the eighth on 0.015 s, after which the fixed head climbed
+        from 0.66 to 0.95 in 0.2 s. A d=2 candidate adopted at the seventh (0.89 against
+        0.72), on 0.5-0.7 s rounds, lost every target by up to 3.2 times (RESULTS.md,
+        twenty-third measurement): a look compares the two at the moment, and the served
+        model's progress per second was about to jump."""
+        rows = [r for r in self.recorder.rows if r.get("served")]
+        if not rows:
+            return False
+        last = rows[-1]
+        clients = [int(c) for c in str(last["clients"]).split()]
+        return float(last["round_time_s"]) > WARM_FACTOR * self.steady_round_s(clients, keep)
 
     def _averaged(self, g) -> dict[str, torch.Tensor] | None:
         """With `federation.served_ema`, fold the weights the probes just left `g` (its
