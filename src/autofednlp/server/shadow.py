@@ -121,10 +121,9 @@ class ShadowTrials:
         0.72), on 0.5-0.7 s rounds, lost every target by up to 3.2 times (RESULTS.md,
         twenty-third measurement): a look compares the two at the moment, and the served
         model's progress per second was about to jump."""
-        rows = [r for r in self.recorder.rows if r.get("served")]
-        if not rows:
+        last = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        if last is None:
             return False
-        last = rows[-1]
         clients = [int(c) for c in str(last["clients"]).split()]
         return float(last["round_time_s"]) > WARM_FACTOR * self.steady_round_s(clients, keep)
 
