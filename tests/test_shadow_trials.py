@@ -426,33 +426,61 @@ def test_probes_serve_needs_a_pace_with_probes():
         )
 
 
-@pytest.mark.parametrize("warming", [True, False])
-def test_a_warm_gate_holds_a_winner_back_while_the_served_rounds_still_fill_caches(
-    tiny_model_dir, tmp_path, monkeypatch, warming
+def test_all_cached_chance_is_the_chance_that_a_draw_finds_only_filled_caches():
+    from autofednlp.server.shadow import all_cached_chance
+
+    assert all_cached_chance(29, 30, 15) == pytest.approx(0.5)  # 15 of the 30 draws miss one
+    assert all_cached_chance(30, 30, 15) == 1.0
+    assert all_cached_chance(14, 30, 15) == 0.0
+    assert all_cached_chance(3, 4, 2) == pytest.approx(3 / 4 * 2 / 3)
+    assert all_cached_chance(60, 100, 15) < 0.001  # 100 clients, 60 filled: no jump coming
+    assert all_cached_chance(4, 4, 9) == 1.0  # a draw larger than the pool takes it all
+
+
+@pytest.mark.parametrize(
+    "case, chance, ratio, held",
+    [
+        ("filled, dear", 1.0, 1.01, True),  # every draw is filled: the next round is cheap
+        ("filled, cheap", 1.0, 0.99, False),  # the last round was already near the steady one
+        ("filling", 0.5, 1000.0, False),  # half the draws still pay a fill: no jump coming
+    ],
+)
+def test_a_warm_gate_holds_a_winner_back_while_the_served_rounds_are_about_to_get_cheaper(
+    tiny_model_dir, tmp_path, monkeypatch, case, chance, ratio, held
 ):
     """`shadow_warm_gate`: a clearly better candidate is not adopted while the served
-    configuration's last round took more than WARM_FACTOR times the server's estimate of its
-    round once caches are filled; once it does not, the candidate wins as without the gate."""
+    configuration's next round is expected to cost less than 1 / WARM_FACTOR of its last (the
+    chance of a draw of filled caches times the steady estimate, plus a round like the last
+    otherwise); else it wins as without the gate. The chance is asked of the clients whose
+    caches hold the served configuration's boundary: those of the served rounds so far."""
+    import autofednlp.server.shadow as shadow
     from autofednlp.server.robust import RobustAutoFedRun
-    from autofednlp.server.shadow import WARM_FACTOR
 
     _evidence(monkeypatch, 0.02)  # clearly better at every look
     _continue_from(monkeypatch, {}, no_worse=True)
-    factor = WARM_FACTOR * (1.01 if warming else 0.99)
-    estimates = []
+    estimates, asked = [], []
 
     def steady(self, clients, g):  # the served round, as the server would estimate it
         assert g.name == "keep" and g.spec == self.spec
         served = [r for r in self.recorder.rows if r.get("served")]
         assert clients == [int(c) for c in str(served[-1]["clients"]).split()]
-        estimates.append(served[-1]["round_time_s"] / factor)
+        filled = {int(c) for r in served for c in str(r["clients"]).split()}
+        assert asked[-1] == (len(filled), 12, 6)  # the served head's clients, of 12, 6 a draw
+        estimates.append(served[-1]["round_time_s"] / (shadow.WARM_FACTOR * ratio))
         return estimates[-1]
 
+    def spy(cached, pool, draw):
+        asked.append((cached, pool, draw))
+        return chance
+
     monkeypatch.setattr(RobustAutoFedRun, "steady_round_s", steady)
-    run, summary, _ = _shadow_run(tiny_model_dir, tmp_path, "g", "strategy.shadow_warm_gate=true")
+    monkeypatch.setattr(shadow, "all_cached_chance", spy)
+    run, summary, _ = _shadow_run(
+        tiny_model_dir, tmp_path, "g", "strategy.shadow_warm_gate=true", "data.num_clients=12"
+    )
     first = summary["trajectory"][0]
     assert estimates  # asked only once a candidate clears the bar, from its second look on
-    if warming:
+    if held:
         assert first["winner"] == "keep" and first["probe_rounds"] == 3 and run.spec.depth == 0
         assert len(estimates) == 2  # its second and third looks (shadow_rounds 3)
     else:

@@ -402,9 +402,10 @@ class StrategyConfig:
     shadow_warm_gate: bool = _f(
         False,
         "robust, trial_pace = shadow: a candidate is not adopted while the served "
-        "configuration's last round took more than WARM_FACTOR (3) times the server's estimate"
-        " of its round once its clients' caches are filled: its rounds are about to get that "
-        "much cheaper, so its progress per second so far understates what it will gain",
+        "configuration's next round is expected to cost less than a third (1 / WARM_FACTOR) "
+        "of its last: the chance that a draw finds every client's cache filled, times the "
+        "server's estimate of its round then, plus a round like the last otherwise. Its "
+        "progress per second so far then understates what it is about to gain",
     )
     trial_gate: str = _f(
         "stall",
