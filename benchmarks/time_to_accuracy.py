@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -256,8 +257,14 @@ def slug(text: str) -> str:
 def what_runs(cfg):
     """`cfg` as far as it decides what the run does: a fixed configuration's run does not
     depend on AutoFedNLP's strategy settings, so changing their defaults must not discard it,
-    and the same run directory may be spelled relative or absolute (`--out`)."""
+    and the same run directory may be spelled relative or absolute (`--out`). A local data
+    file counts by its content, not its path: the tweets' derived CSV is written into each out
+    dir, and runs of another out dir on the same rows (linked, or moved) are the same runs."""
     cfg = replace(cfg, output_dir="")
+    data = Path(cfg.data.dataset)
+    if data.suffix and data.is_file():
+        digest = hashlib.sha256(data.read_bytes()).hexdigest()
+        cfg = replace(cfg, data=replace(cfg.data, dataset=f"sha256:{digest}"))
     if cfg.strategy.name == "fixed":
         return replace(cfg, strategy=StrategyConfig(name="fixed"))
     return cfg

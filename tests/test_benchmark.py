@@ -227,6 +227,26 @@ def test_a_fixed_run_is_reused_whatever_the_autofed_strategy_defaults():
     )
 
 
+def test_a_run_on_the_same_rows_under_another_path_is_reused(tmp_path):
+    """A local data file counts by its content: the tweets' derived CSV is written into each
+    out dir, so another out dir's identical rows must not retrain (and first delete) its runs;
+    other rows are another run."""
+    from autofednlp.config import load_config
+
+    def cfg(path):
+        return load_config(None, ["tune.depth=1", f'data.dataset="{path}"'])
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _user_csv(tmp_path / "a" / "tweets.csv")
+    same = _user_csv(tmp_path / "b" / "tweets.csv")
+    assert tta.what_runs(cfg(first)) == tta.what_runs(cfg(same))
+    other = _user_csv(tmp_path / "b" / "other.csv", rows=41)
+    assert tta.what_runs(cfg(first)) != tta.what_runs(cfg(other))
+    bundled = load_config(None, ["tune.depth=1"])
+    assert tta.what_runs(bundled).data.dataset == bundled.data.dataset  # a name, not a file
+
+
 def _user_csv(path, rows=40):
     lines = ["body,y"] + [
         f"review {i} was {'good' if i % 2 else 'bad'},{i % 2}" for i in range(rows)
