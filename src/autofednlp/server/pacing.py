@@ -37,6 +37,12 @@ class ClientPacing:
                 self._cached.setdefault(c, set()).update(held)
         return results
 
+    def cache_holds(self, client: int, spec: TuneSpec) -> bool:
+        """Whether `client`'s activation cache holds `spec`'s boundary, as far as the server
+        can tell from the rounds it trained."""
+        layers = self.model_for(spec).num_layers
+        return spec.boundary(layers) in self._cached.get(client, ())
+
     def _step_seconds(self, client: int, spec: TuneSpec, state: dict) -> tuple:
         """What the server can tell of `client` training `spec`: (samples, local steps of its
         full epochs, seconds per step, seconds of cache fill per first-epoch step, seconds of
@@ -49,9 +55,8 @@ class ClientPacing:
         batch, seq, cache = c.client.batch_size, c.data.max_length, c.client.activation_cache
         profile = get_profile(device or client_device(c, client))
         step_s = profile.compute_s(train_step_flops(self.shape, spec, batch, seq, cached=cache))
-        layers = self.model_for(spec).num_layers
         fill_s = 0.0
-        if cache and spec.boundary(layers) not in self._cached.get(client, ()):
+        if cache and not self.cache_holds(client, spec):
             fill_s = profile.compute_s(fill_cache_flops(self.shape, spec, batch, seq))
         size = state_bytes(state)
         transfer_s = client_cost(c.cost, 0.0, size, size).total_s

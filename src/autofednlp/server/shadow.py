@@ -133,11 +133,9 @@ class ShadowTrials:
             return False
         now = float(last["round_time_s"])
         clients = [int(c) for c in str(last["clients"]).split()]
-        layers = self.model_for(keep.spec).num_layers
-        boundary = keep.spec.boundary(layers)
         pool = set(self.transport.available_partitions())
-        cached = {c for c in pool if boundary in self._cached.get(c, ())}
-        chance = all_cached_chance(len(cached), len(pool), self.cfg.federation.clients_per_round)
+        cached = sum(self.cache_holds(c, keep.spec) for c in pool)
+        chance = all_cached_chance(cached, len(pool), self.cfg.federation.clients_per_round)
         expected = chance * self.steady_round_s(clients, keep) + (1.0 - chance) * now
         return WARM_FACTOR * expected < now
 
@@ -186,6 +184,4 @@ def all_cached_chance(cached: int, pool: int, draw: int) -> float:
     """The chance that `draw` clients drawn without replacement from `pool`, of which
     `cached` hold a filled cache, all hold one."""
     draw = min(draw, pool)
-    if cached < draw:
-        return 0.0
-    return math.prod((cached - i) / (pool - i) for i in range(draw))
+    return math.comb(cached, draw) / math.comb(pool, draw)
