@@ -4,7 +4,8 @@ several data settings and seeds (plus full fine-tuning and layer freezing on req
 Every method gets the same simulated time on the same data, partition, seed and device/network
 profile (`--budget time`, the default): the grid's costliest fixed configuration (deepest, then
 widest) runs `--rounds` rounds first, and its simulated time is every other method's
-`federation.time_budget_s` (with `--max-rounds` as their round cap). A cheap configuration, or
+`federation.time_budget_s` (with `--max-rounds`, 20 x `--rounds`, as their round cap: high
+enough that the budget, not the cap, ends them). A cheap configuration, or
 AutoFedNLP while it is small, so runs more rounds, as it would in the same hours on real
 devices; readings after the budget do not count. `--budget rounds` gives every method the same
 round cap instead (the earlier benchmark), which ends cheap methods early. Only after the runs
@@ -270,6 +271,25 @@ def what_runs(cfg):
     return cfg
 
 
+def same_run(old, new, summary: Path) -> bool:
+    """Whether the finished run of config `old` (its `summary`) is what `new` would run. The
+    round cap is the one setting a finished run can outgrow: a run its time budget ended
+    before its cap runs the same rounds under any cap above them (`federation.rounds` decides
+    nothing else), so raising `--max-rounds` reruns only the runs the old cap ended."""
+    if not summary.exists():
+        return False
+    a, b = what_runs(old), what_runs(new)
+    if a == b:
+        return True
+    done = json.loads(summary.read_text())
+    rounds = int(done.get("rounds") or 0)
+    return (
+        done.get("ended_by") == "time_budget"
+        and rounds < b.federation.rounds
+        and replace(a, federation=replace(a.federation, rounds=b.federation.rounds)) == b
+    )
+
+
 class RunDirBusy(Exception):
     """Another process holds the run's directory: that run is skipped, the others go on."""
 
@@ -285,10 +305,10 @@ def run_method(m: Method, common: list[str], out: Path, fresh: bool) -> dict:
     t0 = time.monotonic()
     reused = False
     try:
-        same = what_runs(load_config(done / "config.toml")) == what_runs(cfg)
-    except (ConfigError, OSError):
+        same = same_run(load_config(done / "config.toml"), cfg, done / "summary.json")
+    except (ConfigError, OSError, ValueError):
         same = False
-    if not fresh and same and (done / "summary.json").exists():
+    if not fresh and same:
         reused = True
     else:
         # Take the run's lock before clearing its directory: another benchmark process that is
@@ -859,7 +879,8 @@ def main() -> int:
         "--max-rounds",
         type=int,
         default=None,
-        help="with --budget time, the round cap of the other methods (default 5 x --rounds)",
+        help="with --budget time, the round cap of the other methods (default 20 x --rounds: "
+        "high enough that the time budget, not the cap, ends a cached head's cheap rounds)",
     )
     p.add_argument(
         "--fractions",
@@ -910,7 +931,7 @@ def main() -> int:
     if args.quick:
         args.rounds = min(args.rounds, 6)
     if args.max_rounds is None:
-        args.max_rounds = 5 * args.rounds
+        args.max_rounds = 20 * args.rounds
     out = Path(args.out)
     grid = [tuple(int(x) for x in g.split("x")) for g in args.grid.split(",") if g]
     todo = with_autofed_overrides(methods(args.methods.split(","), grid), args.autofed_set)

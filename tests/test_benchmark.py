@@ -1,6 +1,7 @@
 """benchmarks/time_to_accuracy.py's analysis: the numbers in benchmarks/RESULTS.md come from it."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -245,6 +246,35 @@ def test_a_run_on_the_same_rows_under_another_path_is_reused(tmp_path):
     assert tta.what_runs(cfg(first)) != tta.what_runs(cfg(other))
     bundled = load_config(None, ["tune.depth=1"])
     assert tta.what_runs(bundled).data.dataset == bundled.data.dataset  # a name, not a file
+
+
+@pytest.mark.parametrize(
+    "ended_by, rounds, new_cap, reused",
+    [
+        ("time_budget", 31, 400, True),  # the budget ended it: a higher cap runs the same
+        ("rounds", 100, 400, False),  # the old cap ended it: more rounds would follow
+        ("time_budget", 31, 31, False),  # the new cap would end it at its last round
+        ("time_budget", 31, 30, False),  # the new cap would end it sooner
+    ],
+)
+def test_a_run_its_time_budget_ended_is_reused_under_a_higher_round_cap(
+    tmp_path, ended_by, rounds, new_cap, reused
+):
+    """Raising --max-rounds reruns the runs the old cap ended, and only those; any other
+    setting that differs is another run."""
+    from autofednlp.config import load_config
+
+    def cfg(cap, *more):
+        return load_config(
+            None, ["tune.depth=1", f"federation.rounds={cap}", "federation.time_budget_s=5", *more]
+        )
+
+    summary = tmp_path / "summary.json"
+    assert not tta.same_run(cfg(100), cfg(100), summary)  # not finished: never reused
+    summary.write_text(json.dumps({"rounds": rounds, "ended_by": ended_by}))
+    assert tta.same_run(cfg(100), cfg(100), summary)
+    assert tta.same_run(cfg(100), cfg(new_cap), summary) is reused
+    assert not tta.same_run(cfg(100), cfg(new_cap, "seed=3"), summary)
 
 
 def _user_csv(path, rows=40):
