@@ -168,6 +168,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
         "time_to_accuracy",
         "config",
         "trajectory",
+        "late_trial_s",
         "privacy",
     ):
         assert a.get(key) == b.get(key), key

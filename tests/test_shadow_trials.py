@@ -486,3 +486,23 @@ def test_a_warm_gate_holds_a_winner_back_while_the_served_rounds_are_about_to_ge
     else:
         assert first["winner"] == "deeper" and first["probe_rounds"] == 2
         assert len(estimates) == 1 and run.spec.depth == 1
+
+
+def test_a_trial_that_cannot_decide_before_the_time_budget_ends_is_not_started(
+    tiny_model_dir, tmp_path
+):
+    """With a time budget, a due trial starts only if the server's estimate of its probe
+    rounds (once caches are filled: a lower bound) leaves room for the two a winner needs;
+    otherwise the probes keep serving, every round trains all its clients, and the summary
+    says when a trial was first left out. With room, the same trial starts."""
+    _, roomy, free = _shadow_run(tiny_model_dir, tmp_path, "roomy", "federation.time_budget_s=1000")
+    assert roomy["trials"] >= 1 and roomy["late_trial_s"] is None
+    first_end = float(next(r for r in free if r["served"] == "True")["sim_time_s"])
+    tight = f"federation.time_budget_s={first_end * 1.01}"
+    run, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "tight", tight)
+    assert summary["trials"] == 0 and summary["trajectory"] == []
+    assert summary["late_trial_s"] == pytest.approx(first_end)
+    assert run._strategy["late_trial_s"] == summary["late_trial_s"]  # checkpointed state
+    assert not _probe_rounds(rows)
+    served = [r for r in rows if r["served"] == "True"]
+    assert len(served) == 2 and all(len(r["clients"].split()) == 6 for r in served)

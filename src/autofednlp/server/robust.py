@@ -39,6 +39,7 @@ from autofednlp.server.group_trials import GroupTrials
 from autofednlp.server.pacing import ClientPacing
 from autofednlp.server.plateau import PlateauTrials
 from autofednlp.server.policies import (
+    EARLY_WIN_ROUNDS,
     StallDetector,
     TrialSchedule,
     candidate_policy,
@@ -62,6 +63,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         self._plateau_ref = None
         if saved:
             trajectory, trial = saved["trajectory"], saved["trial"]
+            late = saved.get("late_trial_s")
             stall = StallDetector(st.patience, st.min_delta, saved["best"], saved["since_gain"])
             since_trial = saved["since_trial"]
             schedule.restore(saved.get("schedule", {"scale": saved.get("schedule_scale", 1.0)}))
@@ -70,7 +72,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             self._plateau_ref = None if ref is None else (float(ref[0]), float(ref[1]))
         else:
             start = self.evaluate("validation")[0]
-            trajectory, trial, since_trial = [], 0, 0
+            trajectory, trial, since_trial, late = [], 0, 0, None
             stall = StallDetector(st.patience, st.min_delta, start)
         server_round = self.next_round - 1
 
@@ -84,6 +86,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
                 "schedule": schedule.state(),
                 "cached": {c: sorted(b) for c, b in self._cached.items()},
                 "plateau_ref": None if self._plateau_ref is None else list(self._plateau_ref),
+                "late_trial_s": late,
             }
 
         while self.more_rounds(server_round):
@@ -91,7 +94,11 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             due = schedule.due(since_trial, stall, self.clock.time_s)
             if due and st.trial_gate == "plateau":
                 due = self._settled(max(3, 2 * st.patience))
-            if (due or self._shadow_due(trajectory, server_round)) and len(candidates) > 1:
+            due = (due or self._shadow_due(trajectory, server_round)) and len(candidates) > 1
+            if due and not self._trial_fits(candidates):
+                # too late to decide one before the budget ends: the probes keep serving
+                due, late = False, late if late is not None else self.clock.time_s
+            if due:
                 trial += 1
                 start_s = self.clock.time_s
                 server_round, entry = self._trial(trial, candidates, server_round, stall)
@@ -115,7 +122,38 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
                 break
         # the last state, not the last periodic checkpoint's: an extension continues from it
         self._strategy = state()
-        return self.finish({"trajectory": trajectory, "trials": trial})
+        # when a due trial was first left out because it could not decide before the budget
+        return self.finish({"trajectory": trajectory, "trials": trial, "late_trial_s": late})
+
+    def _trial_fits(self, candidates: list) -> bool:
+        """Whether a probe trial started now can gather what a winner needs,
+        `EARLY_WIN_ROUNDS` probe rounds, before `federation.time_budget_s` runs out. Each probe
+        round is priced at the server's estimate of its tasks on the last served round's
+        clients once their caches are filled (`steady_round_s`): a lower bound, so only a trial
+        that surely cannot decide in time is left out. Such a trial can only lend its probes:
+        with 100 clients on BBC News the shadow's second trial (a d=4 and a wider candidate
+        beside the control) started 0.9-1.9 s before the budget's end in every run, had one or
+        two probe rounds and never won (RESULTS.md, twenty-sixth measurement), while the
+        served model trained without its probes through the late targets. Without a time
+        budget, or with trial rounds of their own, every trial may start."""
+        st = self.cfg.strategy
+        budget = self.cfg.federation.time_budget_s
+        if budget <= 0 or st.trial_pace not in ("background", "shadow"):
+            return True
+        last = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        if last is None:
+            return True
+        clients = [int(c) for c in str(last["clients"]).split()]
+        keep = Group(candidates[0].name, self.spec, self.state)
+        tasks = [
+            Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates[1:]
+        ]
+        if st.trial_pace == "background" or st.shadow_control:
+            tasks.append(keep)  # keep on the probes, or the shadow's control
+        if st.probes_serve:
+            tasks.append(keep)  # the served round the probes train first
+        probe_round_s = sum(self.steady_round_s(clients, g) for g in tasks)
+        return self.clock.time_s + EARLY_WIN_ROUNDS * probe_round_s <= budget
 
     def _reach(self, trajectory: list[dict[str, Any]]) -> int:
         """Depth steps of the next deeper candidate: one more for each trial in a row that
