@@ -492,7 +492,7 @@ def test_a_trial_that_cannot_decide_before_the_time_budget_ends_is_not_started(
     tiny_model_dir, tmp_path
 ):
     """With a time budget, a due trial starts only if the server's estimate of its probe
-    rounds (once caches are filled: a lower bound) leaves room for the two a winner needs;
+    rounds (once caches are filled: fills only add) leaves room for the two a winner needs;
     otherwise the probes keep serving, every round trains all its clients, and the summary
     says when a trial was first left out. With room, the same trial starts."""
     _, roomy, free = _shadow_run(tiny_model_dir, tmp_path, "roomy", "federation.time_budget_s=1000")

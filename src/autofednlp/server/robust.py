@@ -129,8 +129,9 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         """Whether a probe trial started now can gather what a winner needs,
         `EARLY_WIN_ROUNDS` probe rounds, before `federation.time_budget_s` runs out. Each probe
         round is priced at the server's estimate of its tasks on the last served round's
-        clients once their caches are filled (`steady_round_s`): a lower bound, so only a trial
-        that surely cannot decide in time is left out. Such a trial can only lend its probes:
+        clients once their caches are filled (`steady_round_s`): it leaves out cache fills,
+        which only add, though it takes the slowest of a whole round where the probes are a
+        few of its clients. Such a trial can only lend its probes:
         with 100 clients on BBC News the shadow's second trial (a d=4 and a wider candidate
         beside the control) started 0.9-1.9 s before the budget's end in every run, had one or
         two probe rounds and never won. Left out (in 5 of 6 seeds of alpha 1, RESULTS.md,
