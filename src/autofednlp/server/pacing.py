@@ -23,7 +23,7 @@ from autofednlp.server.autofed import Group
 
 class ClientPacing:
     """Round-time estimates per client and configuration; a mixin for a run (`AutoFedRun`)
-    that has `cfg`, `shape`, `client_info`, `model_for` and `receive_groups`."""
+    that has `cfg`, `shape`, `client_info`, `model_for`, `receive_groups` and `recorder`."""
 
     _cached: dict[int, set[int]]  # client -> boundaries its activation cache holds
 
@@ -36,6 +36,14 @@ class ClientPacing:
             for c in set(res.clients) - set(res.failed):
                 self._cached.setdefault(c, set()).update(held)
         return results
+
+    def last_served(self) -> tuple[list[int], float] | None:
+        """The last served round's clients and its round time (None before one): what the
+        estimates of the rounds to come start from."""
+        row = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        if row is None:
+            return None
+        return [int(c) for c in str(row["clients"]).split()], float(row["round_time_s"])
 
     def cache_holds(self, client: int, spec: TuneSpec) -> bool:
         """Whether `client`'s activation cache holds `spec`'s boundary, as far as the server

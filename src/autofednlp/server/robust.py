@@ -97,7 +97,9 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
             due = (due or self._shadow_due(trajectory, server_round)) and len(candidates) > 1
             if due and not self._trial_fits(candidates):
                 # too late to decide one before the budget ends: the probes keep serving
-                due, late = False, late if late is not None else self.clock.time_s
+                due = False
+                if late is None:
+                    late = self.clock.time_s
             if due:
                 trial += 1
                 start_s = self.clock.time_s
@@ -142,10 +144,10 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         budget = self.cfg.federation.time_budget_s
         if budget <= 0 or st.trial_pace not in ("background", "shadow"):
             return True
-        last = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        last = self.last_served()
         if last is None:
             return True
-        clients = [int(c) for c in str(last["clients"]).split()]
+        clients = last[0]
         keep = Group(candidates[0].name, self.spec, self.state)
         tasks = [
             Group(c.name, c.spec, self.grow(self.state, self.spec, c.spec)) for c in candidates[1:]

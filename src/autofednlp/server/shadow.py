@@ -128,11 +128,10 @@ class ShadowTrials:
         last round paid fills (the gate's first rule, twenty-fourth measurement) also held
         back growths with 100 clients, where a draw keeps finding new clients for 30-50
         rounds and the served rounds stay dear: there no jump is coming."""
-        last = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        last = self.last_served()
         if last is None:
             return False
-        now = float(last["round_time_s"])
-        clients = [int(c) for c in str(last["clients"]).split()]
+        clients, now = last
         pool = set(self.transport.available_partitions())
         cached = sum(self.cache_holds(c, keep.spec) for c in pool)
         chance = all_cached_chance(cached, len(pool), self.cfg.federation.clients_per_round)
