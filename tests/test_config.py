@@ -84,6 +84,10 @@ def test_file_then_overrides(tmp_path):
         ('data.labels=["a", ""]', "data.labels = ['a', '']: must be non-empty"),
         ("data.labels=[1, 2]", "data.labels[0] = 1: expected a string"),
         ('data.labels="a,b"', "data.labels = 'a,b': expected a list"),
+        ("federation.served_ema=often", "served_ema = 'often': expected a number or \"auto\""),
+        ("federation.served_ema=1", "federation.served_ema = 1.0: must be in [0, 1) or auto"),
+        ("strategy.depth_step=0", "strategy.depth_step = 0: must be >= 1"),
+        ("strategy.probes_serve=2", 'probes_serve = 2: expected true or false or "auto"'),
     ],
 )
 def test_bad_values_give_one_line_naming_the_field(override, fragment):
@@ -111,6 +115,45 @@ def test_round_trip_through_toml():
 
     cfg = load_config(None, ["cost.devices={jetson-nano = 1}", "seed=5"])
     assert from_dict(tomllib.loads(to_toml(cfg))) == cfg
+
+
+AUTOFED = ["strategy.name=autofed"]
+
+
+@pytest.mark.parametrize(
+    "overrides, served_ema, probes_serve, depth_step",
+    [
+        ([], 0.5, True, 2),  # a fixed run serves the average too
+        (AUTOFED, 0.5, True, 2),  # the default policy: shadow trials
+        ([*AUTOFED, 'strategy.trial_pace="background"'], 0.5, False, 1),
+        ([*AUTOFED, 'strategy.trial_pace="background"', "strategy.plateau_rounds=2"], 0, False, 1),
+        ([*AUTOFED, 'strategy.trial_pace="keep"'], 0, False, 1),
+        ([*AUTOFED, 'strategy.trials="published"'], 0, False, 1),
+        ([*AUTOFED, "federation.served_ema=0.3", "strategy.depth_step=3"], 0.3, True, 3),
+        ([*AUTOFED, 'strategy.trials="published"', "strategy.depth_step=2"], 0, False, 2),
+    ],
+)
+def test_auto_defaults_resolve_for_the_strategy_and_explicit_values_stay(
+    overrides, served_ema, probes_serve, depth_step, tmp_path
+):
+    cfg = load_config(None, overrides)
+    got = (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step)
+    assert got == (served_ema, probes_serve, depth_step)
+    if not any(o.startswith("federation.served_ema") for o in overrides):
+        assert load_config(None, [*overrides, "federation.served_ema=auto"]) == cfg
+    # a run's config.toml says what ran, and reads back as the same experiment
+    written = to_toml(cfg)
+    assert '"auto"' not in written.split("[strategy]")[1].split("[aggregation]")[0]
+    assert from_dict(tomllib.loads(written)) == cfg
+
+
+def test_a_setting_the_pace_cannot_take_is_refused_only_when_set():
+    keep = [*AUTOFED, 'strategy.trial_pace="keep"']
+    assert load_config(None, keep).strategy.probes_serve is False
+    with pytest.raises(ConfigError, match="strategy.probes_serve = True: needs"):
+        load_config(None, [*keep, "strategy.probes_serve=true"])
+    with pytest.raises(ConfigError, match="federation.served_ema = 0.5: AutoFedNLP serves"):
+        load_config(None, [*keep, "federation.served_ema=0.5"])
 
 
 def test_every_field_is_documented():

@@ -476,7 +476,19 @@ def _lent_run(tiny_model_dir, tmp_path, name, *extra):
     from autofednlp.server import make_run
     from autofednlp.server.inprocess import InProcessTransport
 
-    cfg = _cfg(tiny_model_dir, tmp_path, "strategy.trial_probes=2", *extra)
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        "strategy.trial_probes=2",
+        # each mechanism alone: the default policy's other parts off (tests turn them on)
+        "federation.served_ema=0",
+        "strategy.probes_serve=false",
+        "strategy.depth_step=1",
+        'strategy.shadow_base="own"',
+        "strategy.shadow_control=false",
+        "strategy.shadow_warm_gate=false",
+        *extra,
+    )
     run = make_run(cfg, client_data(cfg), InProcessTransport(cfg), tmp_path / name, False)
     summary = run.run()
     return run, summary, list(csv.DictReader(open(tmp_path / name / "rounds.csv")))

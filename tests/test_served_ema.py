@@ -147,7 +147,12 @@ def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth
             "federation.served_ema.*trial_pace background",
         ),
         (
-            ["strategy.name=autofed", "strategy.plateau_rounds=2", "federation.served_ema=0.5"],
+            [
+                "strategy.name=autofed",
+                'strategy.trial_pace="background"',
+                "strategy.plateau_rounds=2",
+                "federation.served_ema=0.5",
+            ],
             "federation.served_ema.*plateau_rounds = 0",
         ),
         (

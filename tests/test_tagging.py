@@ -345,9 +345,19 @@ ROBUST_NOW = [
         ],
         # robust trials: every reading a stall, so a one-round trial follows round 1
         [*ROBUST_NOW, 'strategy.trial_pace="keep"'],
-        [*ROBUST_NOW, "federation.rounds=12"],  # the default, in the background
+        [*ROBUST_NOW, "federation.rounds=12", 'strategy.trial_pace="background"'],
+        # the default, shadow trials: the probe's d=2 task costs ~12 served head rounds here
+        [*ROBUST_NOW, "federation.rounds=18"],
     ],
-    ids=["full", "freeze", "bottleneck", "autofed-published", "autofed-robust", "autofed-bg"],
+    ids=[
+        "full",
+        "freeze",
+        "bottleneck",
+        "autofed-published",
+        "autofed-robust",
+        "autofed-bg",
+        "autofed-shadow",
+    ],
 )
 def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra):
     from small_run import small_config
@@ -367,6 +377,12 @@ def test_tagging_runs_with_each_kind_and_autofed(tiny_model_dir, tmp_path, extra
         first = [r for r in rows if r["trial"] == 1]
         best = max(r["val_f1"] for r in first)
         assert summary["trajectory"][0]["val_accuracy"] == pytest.approx(best)
+    elif extra == [*ROBUST_NOW, "federation.rounds=18"]:
+        # shadow: the probes carry the deeper candidate and a control, never served
+        probes = [r for r in rows if r.get("trial") == 1 and not r["served"]]
+        assert {r["group"] for r in probes} == {"control", "deeper"}
+        first = summary["trajectory"][0]
+        assert first["shadow"] is True and first["probe_rounds"] >= 1
     elif 'strategy.trial_pace="keep"' not in extra and "strategy.name=autofed" in extra:
         # background: probe readings are never served; keep's entry is the served F1
         entry = summary["trajectory"][0]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from autofednlp.config.sections import ConfigError, ExperimentConfig
+from autofednlp.config.sections import AUTO, ConfigError, ExperimentConfig
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
@@ -22,8 +23,17 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Check one TOML value against a field type; ints are accepted where floats are."""
+    """Check one TOML value against a field type; ints are accepted where floats are. A field
+    typed `T | str` takes a T or the word `auto` (a default resolved from other sections)."""
     origin = typing.get_origin(typ)
+    if origin is types.UnionType:
+        if value == AUTO:
+            return value
+        (other,) = [t for t in typing.get_args(typ) if t is not str]
+        try:
+            return _coerce(name, value, other)
+        except ConfigError as e:
+            raise ConfigError(f'{e} or "{AUTO}"') from None
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} = {value!r}: expected a table of name = number")

@@ -6,7 +6,7 @@ values are checked once, in `__post_init__`, and a bad one raises `ConfigError` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -32,12 +32,18 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _check_min(
     section: Any, prefix: str, minimum: float, *names: str, strict: bool = False
 ) -> None:
-    """Each named field of `section` must be >= `minimum` (> with `strict`)."""
+    """Each named field of `section` must be >= `minimum` (> with `strict`); `auto` passes
+    (it is resolved, and the result checked, once the whole config is known)."""
     for name in names:
         v = getattr(section, name)
+        if v == AUTO:
+            continue
         ok = v > minimum if strict else v >= minimum
         _check(ok, f"{prefix}.{name}", v, f"must be {'>' if strict else '>='} {minimum}")
 
+
+# a default that depends on other sections (the strategy): resolved by ExperimentConfig
+AUTO = "auto"
 
 PARTITIONERS = ("iid", "dirichlet", "shard")
 TUNE_KINDS = ("full", "freeze", "bottleneck", "lora")
@@ -258,8 +264,8 @@ class FederationConfig:
         "evaluations in a row the served model must hold the target for it to count as "
         "reached (1 = the first reading; more keeps one lucky round from counting)",
     )
-    served_ema: float = _f(
-        0.0,
+    served_ema: float | str = _f(
+        AUTO,
         "the served model (what is evaluated on validation, counts for time to target, is "
         "tested and exported) is an exponential moving average, with this decay, of the "
         "current configuration's global weights after each round (Polyak averaging: it damps "
@@ -267,7 +273,9 @@ class FederationConfig:
         "train from the latest global weights; it restarts when AutoFedNLP changes the "
         "configuration (after a shadow trial, from the winner's own average: a shadow judges "
         "each carried candidate on such an average of its weights too). 0 = the latest "
-        "global weights",
+        "global weights; auto = 0.5 wherever the strategy can serve an average (fixed; "
+        "AutoFedNLP with robust trials of pace shadow, or background without plateau_rounds), "
+        "else 0 (the published rule and the trial-round paces serve a trial group's weights)",
     )
     stop_at_target: bool = _f(False, "end the run as soon as the target is reached (and held)")
     num_cpus_per_client: float = _f(1.0, "CPU cores one simulated client (Ray actor) takes")
@@ -296,7 +304,10 @@ class FederationConfig:
         )
         _check_min(self, "federation", 0, "num_cpus_per_client", strict=True)
         _check(
-            0 <= self.served_ema < 1, "federation.served_ema", self.served_ema, "must be in [0, 1)"
+            self.served_ema == AUTO or 0 <= self.served_ema < 1,
+            "federation.served_ema",
+            self.served_ema,
+            "must be in [0, 1) or auto",
         )
         _check_choice("federation.engine", self.engine, ENGINES)
         _check_choice("federation.target_metric", self.target_metric, TARGET_METRICS)
@@ -350,7 +361,7 @@ class StrategyConfig:
         "current configuration's by more than this many standard errors (1.64: one-sided 95%)",
     )
     trial_pace: str = _f(
-        "background",
+        "shadow",
         "robust: how a trial's clients are paced. background: no trial round at all; a few "
         "probe clients (trial_probes) train keep and every candidate from the same weights (a "
         "paired comparison on the same clients' data, a candidate paying for its extra round "
@@ -375,7 +386,7 @@ class StrategyConfig:
         "served model before keep wins the trial",
     )
     shadow_base: str = _f(
-        "own",
+        "served",
         "robust, trial_pace = shadow: what a candidate is after each probe round, judged "
         "as and trained on from. own: the weights the probes left. served: those, or its added "
         "tensors (adapters of the new layers, added width) laid over the served model's weights"
@@ -391,7 +402,7 @@ class StrategyConfig:
         "samples right",
     )
     shadow_control: bool = _f(
-        False,
+        True,
         "robust, trial_pace = shadow: the probes also train the current configuration (a "
         "control, from the served weights at the trial's start, continued like a candidate), "
         "and a candidate wins only if clearly better than the served model and than the "
@@ -400,7 +411,7 @@ class StrategyConfig:
         " probes as the candidates, tells a candidate's capacity from the probes' draw",
     )
     shadow_warm_gate: bool = _f(
-        False,
+        True,
         "robust, trial_pace = shadow: a candidate is not adopted while the served "
         "configuration's next round is expected to cost less than a third (1 / WARM_FACTOR) "
         "of its last: the chance that a draw finds every client's cache filled, times the "
@@ -419,14 +430,15 @@ class StrategyConfig:
         "configuration still climbs. (The shadow's first trial, at the run's start, is not "
         "gated.)",
     )
-    probes_serve: bool = _f(
-        False,
+    probes_serve: bool | str = _f(
+        AUTO,
         "robust, trial_pace = background or shadow: each probe round's probes are picked among"
         " a served round's clients and train that round like the others first, then their "
         "trial tasks, whose results count once the probes could have finished those too. Every"
         " served round trains the clients a fixed configuration with the same seed draws for "
         "it, less the probes still at work. Off: the served model lends the probes (trains with"
-        " clients_per_round - trial_probes others while they work on the trial)",
+        " clients_per_round - trial_probes others while they work on the trial); auto = on "
+        "with robust trials of pace shadow, else off",
     )
     trial_probes: int = _f(
         0,
@@ -480,7 +492,12 @@ class StrategyConfig:
         "more depth_step (up to max_depth): a layer that shows no gain alone at a plateau may "
         "show one together with the layer above it",
     )
-    depth_step: int = _f(1, "layers a 'deeper' candidate adds")
+    depth_step: int | str = _f(
+        AUTO,
+        "layers a 'deeper' candidate adds; auto = 2 with robust trials of pace shadow (a "
+        "shadow carries a candidate for several rounds, and two new layers show a gain a "
+        "single one often does not), else 1",
+    )
     width_step: int = _f(8, "bottleneck dims a 'wider' candidate adds")
     max_depth: int = _f(0, "cap on depth; 0 = the model's number of layers")
     max_width: int = _f(64, "cap on width")
@@ -676,6 +693,29 @@ class ExperimentConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def _resolve_auto(self) -> None:
+        """Set the `auto` defaults, which depend on the strategy, to their values (so a run's
+        config.toml says what ran): the served moving average, probes that serve and two-layer
+        deeper candidates come with the shadow pace, the policy measured best at the issue's
+        geometry; the published rule and the trial-round paces, which serve a trial group's
+        weights, keep none of them. A value set explicitly is kept (and checked below)."""
+        st, fed = self.strategy, self.federation
+        robust = st.trials == "robust"
+        shadow = robust and st.trial_pace == "shadow"
+        averages = (
+            st.name != "autofed"
+            or shadow
+            or (robust and st.trial_pace == "background" and not st.plateau_rounds)
+        )
+        if fed.served_ema == AUTO:
+            fed = replace(fed, served_ema=0.5 if averages else 0.0)
+        if st.probes_serve == AUTO:
+            st = replace(st, probes_serve=shadow)
+        if st.depth_step == AUTO:
+            st = replace(st, depth_step=2 if shadow else 1)
+        object.__setattr__(self, "federation", fed)  # frozen: built here, once
+        object.__setattr__(self, "strategy", st)
+
     @property
     def target_metric(self) -> str:
         """`federation.target_metric` with `auto` resolved for the task."""
@@ -683,6 +723,7 @@ class ExperimentConfig:
         return DEFAULT_TARGET[self.data.task_name] if m == "auto" else m
 
     def __post_init__(self) -> None:
+        self._resolve_auto()
         _check(bool(self.name.strip()), "name", self.name, "must not be empty")
         _check(
             self.federation.clients_per_round <= self.data.num_clients,
