@@ -56,6 +56,23 @@ def test_run_config_keys_set_the_experiment():
     assert cfg.tune.depth == load_config().tune.depth  # untouched keys keep their defaults
 
 
+def test_auto_defaults_resolve_from_the_run_config_too():
+    run_config, given = _as_flower_passes_it("strategy.name='autofed' strategy.trial_pace='keep'")
+    cfg = experiment_from_run_config(run_config, given)
+    assert (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step) == (
+        0.0,
+        False,
+        1,
+    )
+    run_config, given = _as_flower_passes_it("strategy.name='autofed' federation.served_ema=0.25")
+    cfg = experiment_from_run_config(run_config, given)
+    assert (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step) == (
+        0.25,
+        True,
+        2,
+    )
+
+
 def test_a_config_file_is_overridden_only_by_the_keys_given(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "from-file"\n[federation]\nrounds = 7\nclients_per_round = 4\n')
