@@ -51,6 +51,18 @@ def test_trajectory_starts_from_the_runs_own_configuration():
     )
 
 
+def test_the_summarys_upgrades_line_is_the_path_grown_from_the_start():
+    from autofednlp.cli import _upgrades
+
+    def trial(winner, config, t, start):
+        return {"winner": winner, "config": config, "sim_time_s": t, "groups": {"keep": start}}
+
+    d0, d2, d2w16 = "bottleneck(d=0,w=8)", "bottleneck(d=2,w=8)", "bottleneck(d=2,w=16)"
+    grew = [trial("deeper", d2, 3.9, d0), trial("keep", d2, 6.0, d2), trial("wider", d2w16, 7, d2)]
+    assert _upgrades(grew) == f"{d0} -> {d2} at 3.9 s -> {d2w16} at 7.0 s (1 of 3 trials kept)"
+    assert _upgrades([trial("keep", d0, 2.0, d0)]) == f"none (1 of 1 trials kept {d0})"
+
+
 def test_report_on_a_non_run_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err

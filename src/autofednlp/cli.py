@@ -56,11 +56,7 @@ def format_summary(s: dict[str, Any]) -> str:
         scores.append(("words cut by max_length", cut))
     rows = [
         ("configuration", s["config"]),
-        *(
-            [("upgrades", " -> ".join(t["config"] for t in s["trajectory"]))]
-            if s.get("trajectory")
-            else []
-        ),
+        *([("upgrades", _upgrades(s["trajectory"]))] if s.get("trajectory") else []),
         ("rounds", _rounds_line(s)),
         (f"time to {s['target_accuracy']:.0%} {short}", reached),
         *scores,
@@ -82,6 +78,18 @@ def _with_majority(acc: float | None, s: dict[str, Any]) -> str:
         return "-"
     majority = s.get("majority_val_accuracy")
     return f"{acc:.4f}" + ("" if majority is None else f" (majority class: {majority:.4f})")
+
+
+def _upgrades(trajectory: list[dict[str, Any]]) -> str:
+    """The configurations the run grew through, from the first trial's start, with when each
+    was adopted; trials that kept the configuration are counted, not listed."""
+    grown = [t for t in trajectory if t["winner"] != "keep"]
+    kept = f"{len(trajectory) - len(grown)} of {len(trajectory)} trials kept"
+    if not grown:
+        return f"none ({kept} {trajectory[-1]['config']})"
+    steps = [f"{t['config']} at {human_duration(t['sim_time_s'])}" for t in grown]
+    start = trajectory[0].get("groups", {}).get("keep")
+    return " -> ".join([start, *steps] if start else steps) + f" ({kept})"
 
 
 def _privacy(p: dict[str, Any]) -> str:
