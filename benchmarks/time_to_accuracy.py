@@ -260,8 +260,9 @@ def what_runs(cfg):
     depend on AutoFedNLP's strategy settings, so changing their defaults must not discard it,
     and the same run directory may be spelled relative or absolute (`--out`). A local data
     file counts by its content, not its path: the tweets' derived CSV is written into each out
-    dir, and runs of another out dir on the same rows (linked, or moved) are the same runs."""
-    cfg = replace(cfg, output_dir="")
+    dir, and runs of another out dir on the same rows (linked, or moved) are the same runs.
+    A field left `auto` counts as the value it resolves to."""
+    cfg = replace(cfg.resolved(), output_dir="")  # `auto` as what it resolves to
     data = Path(cfg.data.dataset)
     if data.suffix and data.is_file():
         digest = hashlib.sha256(data.read_bytes()).hexdigest()

@@ -51,6 +51,14 @@ def test_a_deeper_candidate_reaches_further_within_the_cap(depth, reach, expecte
     assert joint["deeper"].depth == joint["deeper+wider"].depth == 3
 
 
+@pytest.mark.parametrize("depth, expected", [(0, 2), (3, 5), (5, 6), (6, None)])
+def test_a_two_layer_step_stops_at_the_cap(depth, expected):
+    """depth_step 2 (the shadow's default) one layer short of the cap goes to the cap: the
+    last layer stays reachable."""
+    cands = {c.name: c.spec for c in Upgrade(2, 8, Caps(6, 64))(TuneSpec(B, depth, 8))}
+    assert (cands["deeper"].depth if "deeper" in cands else None) == expected
+
+
 def test_escalate_counts_the_trials_keep_won_in_a_row_at_a_plateau_always(tiny_model_dir, tmp_path):
     from autofednlp.client.worker import client_data
     from autofednlp.server import make_run

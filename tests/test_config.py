@@ -123,7 +123,7 @@ AUTOFED = ["strategy.name=autofed"]
 @pytest.mark.parametrize(
     "overrides, served_ema, probes_serve, depth_step",
     [
-        ([], 0.5, True, 2),  # a fixed run serves the average too
+        ([], 0.5, False, 1),  # a fixed run serves the average too
         (AUTOFED, 0.5, True, 2),  # the default policy: shadow trials
         ([*AUTOFED, 'strategy.trial_pace="background"'], 0.5, False, 1),
         ([*AUTOFED, 'strategy.trial_pace="background"', "strategy.plateau_rounds=2"], 0, False, 1),
@@ -134,26 +134,57 @@ AUTOFED = ["strategy.name=autofed"]
     ],
 )
 def test_auto_defaults_resolve_for_the_strategy_and_explicit_values_stay(
-    overrides, served_ema, probes_serve, depth_step, tmp_path
+    overrides, served_ema, probes_serve, depth_step
 ):
     cfg = load_config(None, overrides)
-    got = (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step)
-    assert got == (served_ema, probes_serve, depth_step)
-    if not any(o.startswith("federation.served_ema") for o in overrides):
-        assert load_config(None, [*overrides, "federation.served_ema=auto"]) == cfg
-    # a run's config.toml says what ran, and reads back as the same experiment
-    written = to_toml(cfg)
-    assert '"auto"' not in written.split("[strategy]")[1].split("[aggregation]")[0]
-    assert from_dict(tomllib.loads(written)) == cfg
+    assert (cfg.served_ema, cfg.probes_serve, cfg.depth_step) == (
+        served_ema,
+        probes_serve,
+        depth_step,
+    )
+    # config.toml keeps what was said; the summary records what `auto` became
+    assert from_dict(tomllib.loads(to_toml(cfg))) == cfg
+    said = {o.split("=")[0] for o in overrides}
+    auto = {"federation.served_ema", "strategy.probes_serve", "strategy.depth_step"} - said
+    assert set(cfg.auto_resolved()) == auto
+    again = cfg.resolved()  # the same run, spelled out
+    assert again.auto_resolved() == {}
+    assert (again.served_ema, again.probes_serve, again.depth_step) == (
+        served_ema,
+        probes_serve,
+        depth_step,
+    )
+
+
+def test_auto_follows_a_strategy_changed_after_loading(tmp_path):
+    """A run's config.toml reused with another strategy, a config object with overrides, or
+    dataclasses.replace: `auto` resolves for the strategy it ends up with."""
+    import dataclasses
+
+    from autofednlp.api import _config
+
+    shadow = load_config(None, AUTOFED)
+    keep = _config(shadow, ['strategy.trial_pace="keep"'])
+    assert (keep.served_ema, keep.probes_serve, keep.depth_step) == (0.0, False, 1)
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(shadow))
+    bg = load_config(path, ['strategy.trial_pace="background"'])
+    assert (bg.served_ema, bg.probes_serve, bg.depth_step) == (0.5, False, 1)
+    published = dataclasses.replace(
+        shadow, strategy=dataclasses.replace(shadow.strategy, trials="published")
+    )
+    assert (published.served_ema, published.probes_serve) == (0.0, False)
 
 
 def test_a_setting_the_pace_cannot_take_is_refused_only_when_set():
     keep = [*AUTOFED, 'strategy.trial_pace="keep"']
-    assert load_config(None, keep).strategy.probes_serve is False
+    assert load_config(None, keep).probes_serve is False
     with pytest.raises(ConfigError, match="strategy.probes_serve = True: needs"):
         load_config(None, [*keep, "strategy.probes_serve=true"])
     with pytest.raises(ConfigError, match="federation.served_ema = 0.5: AutoFedNLP serves"):
         load_config(None, [*keep, "federation.served_ema=0.5"])
+    with pytest.raises(ConfigError, match="strategy.plateau_rounds = 2: the shadow pace has no"):
+        load_config(None, [*AUTOFED, "strategy.plateau_rounds=2"])
 
 
 def test_every_field_is_documented():

@@ -59,14 +59,14 @@ def test_run_config_keys_set_the_experiment():
 def test_auto_defaults_resolve_from_the_run_config_too():
     run_config, given = _as_flower_passes_it("strategy.name='autofed' strategy.trial_pace='keep'")
     cfg = experiment_from_run_config(run_config, given)
-    assert (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step) == (
+    assert (cfg.served_ema, cfg.probes_serve, cfg.depth_step) == (
         0.0,
         False,
         1,
     )
     run_config, given = _as_flower_passes_it("strategy.name='autofed' federation.served_ema=0.25")
     cfg = experiment_from_run_config(run_config, given)
-    assert (cfg.federation.served_ema, cfg.strategy.probes_serve, cfg.strategy.depth_step) == (
+    assert (cfg.served_ema, cfg.probes_serve, cfg.depth_step) == (
         0.25,
         True,
         2,

@@ -117,6 +117,7 @@ ROBUST = [
             "strategy.max_width=16",
             "strategy.trial_every=2",
             "strategy.trial_rounds=1",
+            'strategy.trial_pace="background"',  # trials short enough to end in 6 rounds
             'privacy.mode="central"',
             'aggregation.name="fedavgm"',
         ],

@@ -6,7 +6,8 @@ values are checked once, in `__post_init__`, and a bad one raises `ConfigError` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -693,28 +694,58 @@ class ExperimentConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def _resolve_auto(self) -> None:
-        """Set the `auto` defaults, which depend on the strategy, to their values (so a run's
-        config.toml says what ran): the served moving average, probes that serve and two-layer
-        deeper candidates come with the shadow pace, the policy measured best at the issue's
-        geometry; the published rule and the trial-round paces, which serve a trial group's
-        weights, keep none of them. A value set explicitly is kept (and checked below)."""
-        st, fed = self.strategy, self.federation
-        robust = st.trials == "robust"
-        shadow = robust and st.trial_pace == "shadow"
-        averages = (
-            st.name != "autofed"
-            or shadow
-            or (robust and st.trial_pace == "background" and not st.plateau_rounds)
+    @property
+    def _shadow(self) -> bool:
+        st = self.strategy
+        return st.name == "autofed" and st.trials == "robust" and st.trial_pace == "shadow"
+
+    @property
+    def served_ema(self) -> float:
+        """`federation.served_ema` with `auto` resolved for the strategy: 0.5 wherever it can
+        serve an average (fixed runs; robust trials of pace shadow, or background without
+        plateau_rounds), else 0 (the published rule and the trial-round paces serve a trial
+        group's weights). Resolved where it is read, never stored: a config rebuilt with
+        another strategy (overrides on a run's config, `dataclasses.replace`) resolves it for
+        that strategy."""
+        v = self.federation.served_ema
+        if v != AUTO:
+            return v
+        st = self.strategy
+        background = st.trials == "robust" and st.trial_pace == "background"
+        averages = st.name != "autofed" or self._shadow or (background and not st.plateau_rounds)
+        return 0.5 if averages else 0.0
+
+    @property
+    def probes_serve(self) -> bool:
+        """`strategy.probes_serve` with `auto` resolved: on with robust trials of pace shadow."""
+        v = self.strategy.probes_serve
+        return self._shadow if v == AUTO else v
+
+    @property
+    def depth_step(self) -> int:
+        """`strategy.depth_step` with `auto` resolved: 2 with robust trials of pace shadow (a
+        shadow carries a candidate for several rounds), else 1."""
+        v = self.strategy.depth_step
+        return (2 if self._shadow else 1) if v == AUTO else v
+
+    def auto_resolved(self) -> dict[str, Any]:
+        """The fields left at `auto`, by dotted name, with what they resolve to (the summary
+        records them beside config.toml, which keeps `auto`)."""
+        fields = {
+            "federation.served_ema": (self.federation.served_ema, self.served_ema),
+            "strategy.probes_serve": (self.strategy.probes_serve, self.probes_serve),
+            "strategy.depth_step": (self.strategy.depth_step, self.depth_step),
+        }
+        return {name: value for name, (raw, value) in fields.items() if raw == AUTO}
+
+    def resolved(self) -> ExperimentConfig:
+        """This config with its `auto` fields set to what they resolve to (the same run: for
+        comparing a config that says `auto` with one that spells the values out)."""
+        fed = dataclasses.replace(self.federation, served_ema=self.served_ema)
+        st = dataclasses.replace(
+            self.strategy, probes_serve=self.probes_serve, depth_step=self.depth_step
         )
-        if fed.served_ema == AUTO:
-            fed = replace(fed, served_ema=0.5 if averages else 0.0)
-        if st.probes_serve == AUTO:
-            st = replace(st, probes_serve=shadow)
-        if st.depth_step == AUTO:
-            st = replace(st, depth_step=2 if shadow else 1)
-        object.__setattr__(self, "federation", fed)  # frozen: built here, once
-        object.__setattr__(self, "strategy", st)
+        return dataclasses.replace(self, federation=fed, strategy=st)
 
     @property
     def target_metric(self) -> str:
@@ -723,7 +754,6 @@ class ExperimentConfig:
         return DEFAULT_TARGET[self.data.task_name] if m == "auto" else m
 
     def __post_init__(self) -> None:
-        self._resolve_auto()
         _check(bool(self.name.strip()), "name", self.name, "must not be empty")
         _check(
             self.federation.clients_per_round <= self.data.num_clients,
@@ -759,25 +789,31 @@ class ExperimentConfig:
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
             lent = self.strategy.trial_pace in ("background", "shadow")
-            if self.federation.served_ema > 0:
+            if self.served_ema > 0:
                 _check(
                     self.strategy.trials == "robust"
                     and lent
                     and not (self.strategy.plateau_rounds and self.strategy.trial_pace != "shadow"),
                     "federation.served_ema",
-                    self.federation.served_ema,
+                    self.served_ema,
                     "AutoFedNLP serves a moving average only with strategy.trials = robust, "
                     "trial_pace background (plateau_rounds = 0) or shadow (the others serve a "
-                    "trial group's weights)",
+                    "trial group's weights; auto chooses for the strategy)",
                 )
-            if self.strategy.probes_serve:
+            if self.probes_serve:
                 _check(
                     self.strategy.trials == "robust" and lent,
                     "strategy.probes_serve",
                     True,
                     "needs strategy.trials = robust with trial_pace background or shadow (the "
-                    "paces with probe clients)",
+                    "paces with probe clients; auto chooses for the strategy)",
                 )
+            _check(
+                not (self.strategy.plateau_rounds and self._shadow),
+                "strategy.plateau_rounds",
+                self.strategy.plateau_rounds,
+                'the shadow pace has no plateau trials: use strategy.trial_pace = "background"',
+            )
             if self.strategy.trials == "robust" and lent:
                 per_round = self.federation.clients_per_round
                 _check(

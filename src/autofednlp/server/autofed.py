@@ -81,7 +81,7 @@ class AutoFedRun(FederatedRun):
 
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
-        policy = candidate_policy(st, self.model_for(self.spec).num_layers)
+        policy = candidate_policy(self.cfg, self.model_for(self.spec).num_layers)
         saved = getattr(self, "_resumed_strategy", None)
         if saved:
             start_acc, trajectory = saved["start_acc"], saved["trajectory"]

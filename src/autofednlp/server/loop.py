@@ -255,7 +255,7 @@ class FederatedRun:
     def fold_served(self) -> None:
         """Fold the latest global weights into the served moving average
         (`federation.served_ema`), which restarts from them after a change of configuration."""
-        decay = self.cfg.federation.served_ema
+        decay = self.cfg.served_ema
         if decay <= 0:
             return
         if self._served is None or self._served[0] != self.spec:
@@ -541,6 +541,8 @@ class FederatedRun:
             "spec": dataclasses.asdict(self.spec),
             "label_names": list(self.data.label_names),
             "aggregation": self.cfg.aggregation.name,
+            # config.toml keeps `auto`; what each such field resolved to for this strategy
+            "auto_resolved": self.cfg.auto_resolved(),
             **({"privacy": self.ledger.summary()} if self.ledger else {}),
             **(extra or {}),
         }

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from autofednlp.config import StrategyConfig
+from autofednlp.config import ExperimentConfig, StrategyConfig
 from autofednlp.model.kinds import TuneSpec
 
 
@@ -55,10 +55,11 @@ class Upgrade:
     caps: Caps
 
     def deeper(self, depth: int, reach: int) -> int:
-        """A deeper candidate's depth: `reach` steps down, but not past the cap (one step past
-        it drops the candidate)."""
-        far = depth + self.depth_step * reach
-        return max(min(far, self.caps.max_depth), depth + self.depth_step)
+        """A deeper candidate's depth: `reach` steps down, but not past the cap (a step of 2
+        one layer short of it stops there); at the cap, one past it (dropped)."""
+        if depth >= self.caps.max_depth:
+            return depth + self.depth_step
+        return min(depth + self.depth_step * reach, self.caps.max_depth)
 
     def __call__(self, current: TuneSpec, reach: int = 1) -> list[Candidate]:
         k, d, w = current.kind, current.depth, current.width
@@ -85,10 +86,11 @@ class UpgradeJoint(Upgrade):
 CANDIDATE_POLICIES = {"upgrade": Upgrade, "upgrade-joint": UpgradeJoint}
 
 
-def candidate_policy(cfg: StrategyConfig, num_layers: int) -> CandidatePolicy:
-    max_depth = min(cfg.max_depth or num_layers, num_layers)
-    return CANDIDATE_POLICIES[cfg.candidates](
-        cfg.depth_step, cfg.width_step, Caps(max_depth, cfg.max_width)
+def candidate_policy(cfg: ExperimentConfig, num_layers: int) -> CandidatePolicy:
+    st = cfg.strategy
+    max_depth = min(st.max_depth or num_layers, num_layers)
+    return CANDIDATE_POLICIES[st.candidates](
+        cfg.depth_step, st.width_step, Caps(max_depth, st.max_width)
     )
 
 

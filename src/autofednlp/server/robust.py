@@ -11,10 +11,12 @@ picked on noise, and two thirds of the clients' work is thrown away. Here:
   follow the returns of past trials (`TrialSchedule`): shorter after a growth, longer after
   `keep` won; with `trial_wait_time` they are also counted in simulated time, so trials keep a
   bounded share of it however cheap the current configuration's rounds become.
-- By default (`trial_pace = "background"`) a trial has no rounds of its own: a few probe
-  clients train keep and every candidate from the same weights (paired on the same clients'
-  data; a candidate pays for its extra round time at the served model's recent loss rate)
-  while the other clients train the served model at its own pace (`_background_trial`).
+- With `trial_pace = "background"` a trial has no rounds of its own: a few probe clients
+  train keep and every candidate from the same weights (paired on the same clients' data; a
+  candidate pays for its extra round time at the served model's recent loss rate) while the
+  other clients train the served model at its own pace (`_background_trial`). The default,
+  `"shadow"`, lends probes the same way but carries each candidate for several probe rounds
+  and judges it against the served model as it stands (`server/shadow.py`).
 - Otherwise a trial has rounds of its own, each splitting the sampled clients into one group
   per candidate over a shared trunk (`server/group_trials.py`). With `plateau_rounds`, a trial
   at a plateau of the served model takes every client (`server/plateau.py`). Candidates are
@@ -56,7 +58,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
 
     def run(self) -> dict[str, Any]:
         fed, st = self.cfg.federation, self.cfg.strategy
-        policy = candidate_policy(st, self.model_for(self.spec).num_layers)
+        policy = candidate_policy(self.cfg, self.model_for(self.spec).num_layers)
         schedule = TrialSchedule(st.trial_every, st.trial_backoff, wait_time=st.trial_wait_time)
         saved = getattr(self, "_resumed_strategy", None)
         self._cached = {}
@@ -154,7 +156,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         ]
         if st.trial_pace == "background" or st.shadow_control:
             tasks.append(keep)  # keep on the probes, or the shadow's control
-        if st.probes_serve:
+        if self.cfg.probes_serve:
             tasks.append(keep)  # the served round the probes train first
         probe_round_s = sum(self.steady_round_s(clients, g) for g in tasks)
         return self.clock.time_s + EARLY_WIN_ROUNDS * probe_round_s <= budget
@@ -357,7 +359,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         a fixed configuration's on the same clients' data, not on another draw of them (on
         BBC News a head served on other draws reached 90% 0.4-1.4 times as soon as the fixed
         head, RESULTS.md, twenty-second measurement)."""
-        if not self.cfg.strategy.probes_serve:
+        if not self.cfg.probes_serve:
             return self.sample(n_probe), None
         clients = self.sample(self.cfg.federation.clients_per_round)
         return sorted(self.probe_rng.sample(clients, n_probe)), clients
@@ -383,7 +385,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
         fed = self.cfg.federation
         server_round += 1
         rounds = 1
-        busy, serve = set(probes), self.cfg.strategy.probes_serve
+        busy, serve = set(probes), self.cfg.probes_serve
         if serve:
             # the probes train this served round as any sampled client would, and their
             # trial tasks after it: the served model lends no one

@@ -146,7 +146,7 @@ class ShadowTrials:
         alone (a d=2 on five probes read validation loss 0.52, 1.15, 0.63, 0.50, 0.75 in
         consecutive looks on the tweets, the served head 0.52-0.59 beside it), and lost
         the paired test on its own noise. If it wins, its average is what is served."""
-        decay = self.cfg.federation.served_ema
+        decay = self.cfg.served_ema
         if decay <= 0:
             return None
         if g.average is None:
