@@ -729,13 +729,12 @@ class ExperimentConfig:
         return (2 if self._shadow else 1) if v == AUTO else v
 
     def auto_resolved(self) -> dict[str, Any]:
-        """The fields left at `auto`, by dotted name, with what they resolve to (the summary
-        records them beside config.toml, which keeps `auto`)."""
-        fields = {
-            "federation.served_ema": (self.federation.served_ema, self.served_ema),
-            "strategy.probes_serve": (self.strategy.probes_serve, self.probes_serve),
-            "strategy.depth_step": (self.strategy.depth_step, self.depth_step),
-        }
+        """The fields left at `auto` that this run uses, by dotted name, with what they
+        resolve to (the summary records them beside config.toml, which keeps `auto`)."""
+        fields = {"federation.served_ema": (self.federation.served_ema, self.served_ema)}
+        if self.strategy.name == "autofed":  # a fixed run has no trials
+            fields["strategy.probes_serve"] = (self.strategy.probes_serve, self.probes_serve)
+            fields["strategy.depth_step"] = (self.strategy.depth_step, self.depth_step)
         return {name: value for name, (raw, value) in fields.items() if raw == AUTO}
 
     def resolved(self) -> ExperimentConfig:
