@@ -700,6 +700,20 @@ class ExperimentConfig:
         return st.name == "autofed" and st.trials == "robust" and st.trial_pace == "shadow"
 
     @property
+    def _lends_probes(self) -> bool:
+        """Robust trials of a pace with probe clients (background, shadow)."""
+        st = self.strategy
+        return st.trials == "robust" and st.trial_pace in ("background", "shadow")
+
+    @property
+    def _averages(self) -> bool:
+        """Whether the strategy can serve a moving average: fixed runs, and robust trials with
+        probe clients but no plateau trials (the others serve a trial group's weights)."""
+        st = self.strategy
+        plateau = st.plateau_rounds and st.trial_pace != "shadow"
+        return st.name != "autofed" or (self._lends_probes and not plateau)
+
+    @property
     def served_ema(self) -> float:
         """`federation.served_ema` with `auto` resolved for the strategy: 0.5 wherever it can
         serve an average (fixed runs; robust trials of pace shadow, or background without
@@ -710,10 +724,7 @@ class ExperimentConfig:
         v = self.federation.served_ema
         if v != AUTO:
             return v
-        st = self.strategy
-        background = st.trials == "robust" and st.trial_pace == "background"
-        averages = st.name != "autofed" or self._shadow or (background and not st.plateau_rounds)
-        return 0.5 if averages else 0.0
+        return 0.5 if self._averages else 0.0
 
     @property
     def probes_serve(self) -> bool:
@@ -787,12 +798,9 @@ class ExperimentConfig:
                 self.tune.width,
                 f"must be <= strategy.max_width ({self.strategy.max_width})",
             )
-            lent = self.strategy.trial_pace in ("background", "shadow")
             if self.served_ema > 0:
                 _check(
-                    self.strategy.trials == "robust"
-                    and lent
-                    and not (self.strategy.plateau_rounds and self.strategy.trial_pace != "shadow"),
+                    self._averages,
                     "federation.served_ema",
                     self.served_ema,
                     "AutoFedNLP serves a moving average only with strategy.trials = robust, "
@@ -801,7 +809,7 @@ class ExperimentConfig:
                 )
             if self.probes_serve:
                 _check(
-                    self.strategy.trials == "robust" and lent,
+                    self._lends_probes,
                     "strategy.probes_serve",
                     True,
                     "needs strategy.trials = robust with trial_pace background or shadow (the "
@@ -813,7 +821,7 @@ class ExperimentConfig:
                 self.strategy.plateau_rounds,
                 'the shadow pace has no plateau trials: use strategy.trial_pace = "background"',
             )
-            if self.strategy.trials == "robust" and lent:
+            if self._lends_probes:
                 per_round = self.federation.clients_per_round
                 _check(
                     per_round >= 2,
