@@ -193,7 +193,8 @@ def test_trial_groups_are_disjoint_concurrent_and_recorded(tiny_model_dir, tmp_p
     assert {r["group"] for r in rows} >= {"keep", "deeper", "wider"}
     by_round = {}
     for r in rows:
-        by_round.setdefault(r["round"], []).append(r)
+        if r["group"] != "adopted":
+            by_round.setdefault(r["round"], []).append(r)
     for group_rows in by_round.values():
         clients = [set(r["clients"].split()) for r in group_rows]
         assert sum(len(c) for c in clients) == len(set().union(*clients)), "groups overlap"
@@ -213,6 +214,15 @@ def test_trial_groups_are_disjoint_concurrent_and_recorded(tiny_model_dir, tmp_p
     best = max(first, key=lambda r: float(r["val_accuracy"]))
     assert traj[0]["val_accuracy"] == pytest.approx(float(best["val_accuracy"]))
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["trials"] == len(traj)
+    # each trial's end hands out its winner's weights at their best round: a served reading of
+    # its own at that moment, which trained nothing
+    adopted = [r for r in rows if r["group"] == "adopted"]
+    assert len(adopted) == len(traj)
+    for row, t in zip(adopted, traj):
+        assert row["served"] == "True" and row["clients"] == "" and row["config"] == t["config"]
+        assert float(row["bytes_up"]) == float(row["round_time_s"]) == 0.0
+        assert float(row["val_accuracy"]) == pytest.approx(t["val_accuracy"])
+        assert float(row["sim_time_s"]) == pytest.approx(t["sim_time_s"])
 
 
 def test_cache_is_exact_reused_and_cheaper(tiny_model_dir, tmp_path):

@@ -292,6 +292,16 @@ def test_a_candidate_far_ahead_at_an_interim_look_ends_the_trial(
     else:
         assert asked == [1.5]
         assert (first["rounds"], first["decided_early"], first["winner"]) == (3, False, "keep")
+    # an adoption is a served reading at that moment; keep winning changes nothing served
+    rows = list(csv.DictReader(open(tmp_path / "e" / "rounds.csv")))
+    adopted = [r for r in rows if r["group"] == "adopted"]
+    assert len(adopted) == (1 if early else 0)
+    if early:
+        (row,) = adopted
+        assert row["served"] == "True" and row["config"] == first["config"]
+        trial_rounds = [int(r["round"]) for r in rows if r["trial"] == "1" and r is not row]
+        assert int(row["round"]) == max(trial_rounds) and float(row["round_time_s"]) == 0.0
+        assert float(row["sim_time_s"]) == pytest.approx(first["sim_time_s"])
 
 
 def test_assign_groups_puts_the_largest_clients_on_the_cheapest_configuration():

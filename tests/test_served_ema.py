@@ -111,7 +111,8 @@ def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth
 
     assert summary["trajectory"][0]["winner"] == "deeper"
     assert [s.depth for s, _, _ in folds][0] == 0 and folds[-1][0].depth == 1
-    served = [r for r in rows if r["served"] == "True"]
+    adopted = [r for r in rows if r["group"] == "adopted"]
+    served = [r for r in rows if r["served"] == "True" and r["group"] != "adopted"]
     assert len(served) == len(folds)
     averages, avg, spec, handed = [], None, None, 0
     for s, weights, before in folds:
@@ -124,6 +125,15 @@ def test_trials_serve_the_average_judge_against_it_and_restart_it_after_a_growth
             avg = {k: 0.6 * avg[k] + 0.4 * w for k, w in weights.items()}
         averages.append((s, avg))
     assert handed == 1
+    # the adoption is a served reading of its own, at that moment: the winner's average as
+    # handed out, before the new configuration's first round folds into it
+    (row,) = adopted
+    first_new = next(before for s, _, before in folds if s.depth == 1)
+    assert row["served"] == "True" and row["config"] == first_new[0].label()
+    assert float(row["val_loss"]) == pytest.approx(
+        run.evaluate("validation", first_new[0], first_new[1])[1], rel=1e-5
+    )
+    assert float(row["sim_time_s"]) == pytest.approx(summary["trajectory"][0]["sim_time_s"])
     for row, (s, avg) in zip(served, averages):
         assert row["config"] == s.label()
         assert float(row["val_loss"]) == pytest.approx(

@@ -210,6 +210,10 @@ class RunRecorder:
         write_json_atomic(self.run_dir / "summary.json", summary)
 
 
+# the group of a row that records a trial's decision changing the served model (no training)
+ADOPTED = "adopted"
+
+
 def is_served(row: dict[str, Any]) -> bool:
     """Whether a round's reading is of the model the server would hand out at that moment: every
     row of a fixed run; for AutoFedNLP its current configuration's, never a trial candidate's."""

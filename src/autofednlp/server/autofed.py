@@ -145,6 +145,10 @@ class AutoFedRun(FederatedRun):
                 self.state, start_acc = w.states[best], w.accuracies[best]
             self.spec = w.spec
             self._advance(spent, max(g.time_s for g in groups))
+            if best >= 0:
+                # the winner's weights at its best round are handed out from here on
+                self.record_adoption(server_round, trial)
+                reached = reached or self.time_to_target() is not None
             trajectory.append(
                 {
                     "trial": trial,

@@ -98,4 +98,6 @@ class GroupTrials:
             pick = pick_paired(evidence, st.confidence_z)
         winner = keep if pick is None else groups[1 + pick]
         self.spec, self.state = winner.spec, winner.state
+        if winner is not keep:
+            self.record_adoption(server_round, trial)
         return server_round, self._entry(trial, groups, winner, early, rounds, evidence)

@@ -18,6 +18,7 @@ from autofednlp.cost.devices import client_device, get_profile
 from autofednlp.cost.flops import fill_cache_flops, train_step_flops
 from autofednlp.model.build import state_bytes
 from autofednlp.model.kinds import TuneSpec
+from autofednlp.report.results import ADOPTED
 from autofednlp.server.autofed import Group
 
 
@@ -39,8 +40,10 @@ class ClientPacing:
 
     def last_served(self) -> tuple[list[int], float] | None:
         """The last served round's clients and its round time (None before one): what the
-        estimates of the rounds to come start from."""
-        row = next((r for r in reversed(self.recorder.rows) if r.get("served")), None)
+        estimates of the rounds to come start from. A decision's `adopted` row trained
+        nothing: not a round."""
+        rows = reversed(self.recorder.rows)
+        row = next((r for r in rows if r.get("served") and r.get("group") != ADOPTED), None)
         if row is None:
             return None
         return [int(c) for c in str(row["clients"]).split()], float(row["round_time_s"])

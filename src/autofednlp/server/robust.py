@@ -261,6 +261,7 @@ class RobustAutoFedRun(ClientPacing, ShadowTrials, PlateauTrials, GroupTrials, A
                 self.spec, self.state = won.spec, state
                 if won.average is not None:
                     self._served = (won.spec, won.average)
+                self.record_adoption(server_round, trial)
             else:
                 # better than keep on the probes, but not than the served model now: switching
                 # would hand out a worse model
