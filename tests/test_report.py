@@ -184,3 +184,18 @@ def test_progress_best_follows_the_served_model_only(capsys):
     starts = {line.index("bottleneck") for line in lines[1:]}
     assert len(starts) == 1
     assert printer.best == 0.6
+
+
+def test_the_reports_best_so_far_is_the_served_models_only():
+    """`report`'s accuracy curve (and so its "best val" column) reads what the server handed
+    out: a trial candidate's reading never was, an adopted one is from its adoption on."""
+    from autofednlp.report.plots import accuracy_curve
+
+    rows = [
+        {"sim_time_s": "1.0", "val_accuracy": "0.5", "served": "True"},
+        {"sim_time_s": "2.0", "val_accuracy": "0.6", "served": "True", "group": "keep"},
+        {"sim_time_s": "2.0", "val_accuracy": "0.9", "served": "False", "group": "deeper"},
+        {"sim_time_s": "3.0", "val_accuracy": "0.7", "served": "True", "group": "adopted"},
+        {"sim_time_s": "4.0", "val_accuracy": "0.65"},  # a row without the column: served
+    ]
+    assert accuracy_curve(rows) == [(1.0, 0.5), (2.0, 0.6), (3.0, 0.7), (4.0, 0.7)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autofednlp.config import ConfigError
-from autofednlp.report.results import human_bytes, human_duration, human_energy
+from autofednlp.report.results import human_bytes, human_duration, human_energy, is_served
 
 COLOURS = [f"C{i}" for i in range(10)]  # matplotlib's tab10
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -115,9 +115,13 @@ def accuracy_curve(
     rows: list[dict[str, str]], column: str = "val_accuracy"
 ) -> list[tuple[float, float]]:
     """(simulated seconds, validation metric), best so far, in time order: what a user of
-    the run could have deployed at each moment (groups of a trial interleave in time)."""
+    the run could have deployed at each moment, the served model's readings (`is_served`;
+    groups of a trial interleave in time, and a trial candidate's reading, or a losing
+    group's, was never handed out)."""
     points = sorted(
-        (_num(r["sim_time_s"]), _num(r[column])) for r in rows if _num(r.get(column)) is not None
+        (_num(r["sim_time_s"]), _num(r[column]))
+        for r in rows
+        if _num(r.get(column)) is not None and is_served(r)
     )
     best, out = 0.0, []
     for t, acc in points:
