@@ -383,7 +383,7 @@ def served_curve(rows: list[dict], column: str) -> list[tuple[float, float]]:
         for r in rows
         if r.get(column) is not None and r.get("served", True)
     ]
-    return sorted(pts)
+    return sorted(pts, key=lambda p: p[0])  # stable: readings at one moment in their order
 
 
 def column_of(setting: str, column: str | None) -> str:

@@ -149,6 +149,40 @@ def test_only_served_readings_count_and_a_spike_must_hold():
     assert time_to_target(plain, 0.94, hold=1) == {"sim_time_s": 1.0, "round": 1}
 
 
+def test_an_adopted_model_counts_from_the_moment_of_its_adoption():
+    """A decision at the end of round 2 hands out the candidate that read 0.93 there: its
+    `adopted` row, after the served row of that moment, starts the hold (before it, time to
+    target waited for the new configuration's first round)."""
+    rows = [
+        {"round": 1, "sim_time_s": 1.0, "val_accuracy": 0.80, "served": True},
+        {"round": 2, "sim_time_s": 2.0, "val_accuracy": 0.85, "served": True, "group": "keep"},
+        {"round": 2, "sim_time_s": 2.0, "val_accuracy": 0.93, "served": False, "group": "deeper"},
+        {"round": 2, "sim_time_s": 2.0, "val_accuracy": 0.93, "served": True, "group": "adopted"},
+        {"round": 3, "sim_time_s": 3.0, "val_accuracy": 0.92, "served": True},
+    ]
+    assert time_to_target(rows, 0.9, hold=2) == {"sim_time_s": 2.0, "round": 2}
+    # the reading of that moment before the decision (keep's) does not hold it
+    assert time_to_target(rows, 0.84, hold=3) == {"sim_time_s": 2.0, "round": 2}
+    before = [r for r in rows if r.get("group") != "adopted"]
+    assert time_to_target(before, 0.9, hold=2) is None
+
+
+def test_round_time_estimates_start_from_the_last_trained_round_not_an_adoption():
+    """`last_served` (the warm gate's and the budget check's start) skips an adoption's row,
+    which trained no client: its empty client list would leave nothing to estimate from."""
+    from types import SimpleNamespace
+
+    from autofednlp.server.pacing import ClientPacing
+
+    rows = [
+        {"round": 3, "served": True, "clients": "1 4 7", "round_time_s": 0.25},
+        {"round": 3, "served": False, "group": "deeper", "clients": "2", "round_time_s": 0.4},
+        {"round": 3, "served": True, "group": "adopted", "clients": "", "round_time_s": 0.0},
+    ]
+    run = SimpleNamespace(recorder=SimpleNamespace(rows=rows))
+    assert ClientPacing.last_served(run) == ([1, 4, 7], 0.25)
+
+
 def _cfg(tiny_model_dir, tmp_path, *extra):
     """test_autofed's small AutoFedNLP run (160 samples, 12 clients, 6 a round, d=1 w=8),
     with robust trials that start at once: every reading is a stall."""
@@ -182,6 +216,7 @@ def test_robust_run_trains_keep_with_everyone_and_trials_on_stalls(tiny_model_di
     assert [len(v) for v in by_round.values()][:3] == [1, 3, 3]
     assert by_round["1"][0]["group"] == "" and len(by_round["1"][0]["clients"].split()) == 6
     for group_rows in by_round.values():
+        group_rows = [r for r in group_rows if r["group"] != "adopted"]  # a reading, no round
         served = [r for r in group_rows if r["served"] == "True"]
         assert len(served) == 1  # one model is handed out per round
         assert len(group_rows) == 1 or served[0]["group"] == "keep"
@@ -525,7 +560,7 @@ def test_background_trials_pair_candidates_on_the_same_probes_beside_served_roun
     results count only once the clock has passed the probe round's start plus the groups'
     round times; the clock is the served rounds' alone."""
     summary, rows = _background_run(tiny_model_dir, tmp_path, "bg")
-    served = [r for r in rows if r["served"] == "True"]
+    served = [r for r in rows if r["served"] == "True" and r["group"] != "adopted"]
     assert [int(r["round"]) for r in served] == list(range(1, 10))  # one served model a round
     assert sum(float(r["round_time_s"]) for r in served) == pytest.approx(summary["sim_time_s"])
     in_trial = [r for r in served if r["trial"]]
@@ -739,7 +774,7 @@ def test_a_trial_at_a_plateau_gives_the_candidates_every_client(
     assert trials and all(t["plateau"] == plateau for t in trials)
     assert all(t["probes"] == (6 if plateau else 2) for t in trials)
     assert max(t["probe_rounds"] for t in trials) == (3 if plateau else 2)
-    served = [r for r in rows if r["served"] == "True" and r["trial"]]
+    served = [r for r in rows if r["served"] == "True" and r["trial"] and r["group"] != "adopted"]
     probes = [r for r in rows if r["served"] != "True"]
     assert probes and all(len(r["clients"].split()) == (6 if plateau else 2) for r in probes)
     if not plateau:
@@ -748,7 +783,7 @@ def test_a_trial_at_a_plateau_gives_the_candidates_every_client(
     assert not any(r["group"] == "keep_probe" for r in rows)
     by_round: dict[int, list] = {}
     for r in rows:
-        if r["trial"]:
+        if r["trial"] and r["group"] != "adopted":
             by_round.setdefault(int(r["round"]), []).append(r)
     previous = {int(r["round"]): float(r["sim_time_s"]) for r in rows}
     for rnd, group_rows in by_round.items():

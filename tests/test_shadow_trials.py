@@ -35,7 +35,7 @@ def test_a_shadow_trial_carries_its_candidate_beside_the_served_model(tiny_model
     up to shadow_rounds; every round serves a model trained by the clients the probes leave;
     each look pairs the candidate with the served model's reading of that moment."""
     _, summary, rows = _shadow_run(tiny_model_dir, tmp_path, "s")
-    served = [r for r in rows if r["served"] == "True"]
+    served = [r for r in rows if r["served"] == "True" and r["group"] != "adopted"]
     assert [int(r["round"]) for r in served] == list(range(1, 21))
     assert not served[0]["trial"]  # round 1 is served alone, then the shadow starts
     first = summary["trajectory"][0]

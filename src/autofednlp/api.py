@@ -46,9 +46,16 @@ class RunResult:
 
     @property
     def best_val_accuracy(self) -> float | None:
+        """The best validation accuracy of the model the server handed out (never a trial
+        candidate's reading): from the summary, or the rows of a run without one."""
+        from autofednlp.report.results import is_served
+
         if self.summary.get("best_val_accuracy") is not None:
             return self.summary["best_val_accuracy"]
-        acc = self.rounds["val_accuracy"].dropna()
+        rows = self.rounds
+        if "served" in rows:
+            rows = rows[rows["served"].map(lambda v: is_served({"served": v}))]
+        acc = rows["val_accuracy"].dropna()
         return float(acc.max()) if len(acc) else None
 
     @property

@@ -214,6 +214,11 @@ class RunRecorder:
 ADOPTED = "adopted"
 
 
+def is_adoption(row: dict[str, Any]) -> bool:
+    """Whether a row records a decision changing the served model (a reading, not a round)."""
+    return row.get("group") == ADOPTED
+
+
 def is_served(row: dict[str, Any]) -> bool:
     """Whether a round's reading is of the model the server would hand out at that moment: every
     row of a fixed run; for AutoFedNLP its current configuration's, never a trial candidate's."""

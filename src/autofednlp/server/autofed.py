@@ -145,8 +145,9 @@ class AutoFedRun(FederatedRun):
                 self.state, start_acc = w.states[best], w.accuracies[best]
             self.spec = w.spec
             self._advance(spent, max(g.time_s for g in groups))
-            if best >= 0:
-                # the winner's weights at its best round are handed out from here on
+            if best >= 0 and (w is not groups[0] or best != len(w.accuracies) - 1):
+                # the winner's weights at its best round are handed out from here on (keep
+                # at its last round: what was handed out already, no change)
                 self.record_adoption(server_round, trial)
                 reached = reached or self.time_to_target() is not None
             trajectory.append(

@@ -38,6 +38,7 @@ from autofednlp.report.progress import ProgressPrinter, majority_accuracy
 from autofednlp.report.results import (
     ADOPTED,
     RunRecorder,
+    is_served,
     save_checkpoint,
     time_to_target,
 )
@@ -537,9 +538,10 @@ class FederatedRun:
         final = self.evaluate_metrics("validation")
         rows = self.recorder.rows
         target = self.cfg.federation.target_accuracy
-        best = {
+        best = {  # of the model handed out, never a trial candidate's reading
             f"best_val_{m}": max(
-                (r[f"val_{m}"] for r in rows if r.get(f"val_{m}") is not None), default=None
+                (r[f"val_{m}"] for r in rows if r.get(f"val_{m}") is not None and is_served(r)),
+                default=None,
             )
             for m in dict.fromkeys(("accuracy", self.metric))
         }

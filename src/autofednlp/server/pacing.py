@@ -18,7 +18,7 @@ from autofednlp.cost.devices import client_device, get_profile
 from autofednlp.cost.flops import fill_cache_flops, train_step_flops
 from autofednlp.model.build import state_bytes
 from autofednlp.model.kinds import TuneSpec
-from autofednlp.report.results import ADOPTED
+from autofednlp.report.results import is_adoption
 from autofednlp.server.autofed import Group
 
 
@@ -43,7 +43,7 @@ class ClientPacing:
         estimates of the rounds to come start from. A decision's `adopted` row trained
         nothing: not a round."""
         rows = reversed(self.recorder.rows)
-        row = next((r for r in rows if r.get("served") and r.get("group") != ADOPTED), None)
+        row = next((r for r in rows if r.get("served") and not is_adoption(r)), None)
         if row is None:
             return None
         return [int(c) for c in str(row["clients"]).split()], float(row["round_time_s"])

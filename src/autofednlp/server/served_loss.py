@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from autofednlp.report.results import is_served
+from autofednlp.report.results import is_adoption, is_served
 
 
 class ServedLoss:
@@ -29,10 +29,16 @@ class ServedLoss:
         return mean, math.sqrt(var / len(losses))
 
     def _served_losses(self, current: bool = False) -> list[tuple[float, float]]:
-        """(simulated time, validation loss) of every served reading, from the recorded rows,
-        so a resumed run computes the same; with `current`, only the readings since the
-        configuration served now took over."""
-        rows = [r for r in self.recorder.rows if is_served(r) and r.get("val_loss") is not None]
+        """(simulated time, validation loss) of every served round's reading, from the
+        recorded rows, so a resumed run computes the same; with `current`, only the readings
+        since the configuration served now took over. An adoption's reading (`is_adoption`)
+        is left out: the trends price and time trials by the served model's rounds, as
+        measured before that row was recorded."""
+        rows = [
+            r
+            for r in self.recorder.rows
+            if is_served(r) and not is_adoption(r) and r.get("val_loss") is not None
+        ]
         if current:
             label, start = self.spec.label(), len(rows)
             while start > 0 and rows[start - 1].get("config") == label:
