@@ -161,10 +161,14 @@ def test_an_adopted_model_counts_from_the_moment_of_its_adoption():
         {"round": 3, "sim_time_s": 3.0, "val_accuracy": 0.92, "served": True},
     ]
     assert time_to_target(rows, 0.9, hold=2) == {"sim_time_s": 2.0, "round": 2}
-    # the reading of that moment before the decision (keep's) does not hold it
-    assert time_to_target(rows, 0.84, hold=3) == {"sim_time_s": 2.0, "round": 2}
     before = [r for r in rows if r.get("group") != "adopted"]
     assert time_to_target(before, 0.9, hold=2) is None
+    # a moment counts once, with its last reading: the replaced model's reading at the moment
+    # of the adoption and the adopted one's are not a hold of two
+    assert time_to_target(rows, 0.84, hold=3) is None
+    assert time_to_target(rows, 0.84, hold=2) == {"sim_time_s": 2.0, "round": 2}
+    dip = [*rows[:4], {**rows[4], "val_accuracy": 0.83}]
+    assert time_to_target(dip, 0.84, hold=2) is None
 
 
 def test_round_time_estimates_start_from_the_last_trained_round_not_an_adoption():

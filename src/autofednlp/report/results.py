@@ -231,11 +231,18 @@ def time_to_target(
     """The first simulated time at which the served model's `column` reached `target` and held
     it for `hold` consecutive evaluations (that one and the next `hold - 1`): one lucky reading
     does not count. None if it never did. The same definition for every method, in every
-    summary and in the benchmark."""
-    served = sorted(
+    summary and in the benchmark. Each moment counts once, with its last reading: a
+    decision's `adopted` row supersedes the reading of the model it replaced at that moment,
+    so a hold spans readings at distinct times."""
+    ordered = sorted(
         (r for r in rows if r.get(column) is not None and is_served(r)),
         key=lambda r: (r["sim_time_s"], r["round"]),
     )
+    served = [
+        r
+        for i, r in enumerate(ordered)
+        if i + 1 == len(ordered) or ordered[i + 1]["sim_time_s"] != r["sim_time_s"]
+    ]
     for i in range(len(served) - max(hold, 1) + 1):
         if all(r[column] >= target for r in served[i : i + max(hold, 1)]):
             return {"sim_time_s": served[i]["sim_time_s"], "round": served[i]["round"]}
