@@ -455,25 +455,10 @@ class FederatedRun:
         first reading of an adopted configuration came only after its first round, a round
         after the server switched (on BBC News, alpha 0.5, seed 0: d=2 adopted at 2.29 s
         reading 0.923, first counted at 2.53 s)."""
-        row = {
-            "round": server_round,
-            "trial": trial,
-            "group": ADOPTED,
-            "config": self.spec.label(),
-            "clients": "",
-            "failed_clients": "",
-            "round_time_s": 0.0,
-            "train_loss": None,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "energy_j": 0.0,
-            "cache_hits": 0,
-            "cache_misses": 0,
-            "epsilon": self.ledger.epsilon() if self.ledger else None,
-            "served": True,
-            "sim_time_s": self.clock.time_s,
-            **self.metric_columns(self.evaluate_metrics("validation")),
-        }
+        nothing = GroupResult({}, RoundCost.of([]), [], {}, None)  # no clients, no cost
+        row = self.round_row(server_round, self.spec, nothing)
+        row.update(trial=trial, group=ADOPTED, served=True, sim_time_s=self.clock.time_s)
+        row.update(self.metric_columns(self.evaluate_metrics("validation")))
         self.record(row)
 
     def time_to_target(self) -> dict[str, Any] | None:
